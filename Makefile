@@ -1,0 +1,65 @@
+# gptvae: every command a researcher runs. `make help` lists them.
+# The first target that needs Python creates .venv and installs the project into it.
+
+SHELL        := /bin/bash
+PYTHON       ?= python3
+VENV         ?= .venv
+PY           := $(VENV)/bin/python
+# torch is installed before anything that depends on it, so pip never chooses a build for you.
+# The pinned version is the offline CPU build on the project machines and the CUDA build elsewhere on Linux.
+TORCH_SPEC   ?= torch==2.13.0
+STAMP        := $(VENV)/.installed
+
+PRESET       ?= cpu
+DATASET      ?= yelp
+SEEDS        ?= 0
+JOBS         ?= 1
+MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+export MLFLOW_TRACKING_URI
+
+SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) --dataset $(DATASET) --seeds $(SEEDS) --jobs $(JOBS)
+
+.DEFAULT_GOAL := help
+.PHONY: help env test bench data ablation-kl-weight ablation-kl-floor ablation-latent-dropout \
+        ablation-latent-dim ablations mlflow-ui clean
+
+help:  ## list the targets
+	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 26
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+env: $(STAMP)  ## create .venv and install the project (runs automatically)
+
+test: $(STAMP)  ## run the test suite (real corpora tests need GPTVAE_DATA_DIR)
+	$(PY) -m pytest
+
+bench: $(STAMP)  ## benchmarks: print speed ratios (not tests)
+	$(PY) -m gptvae bench
+
+data: $(STAMP)  ## describe a dataset: splits, vocabulary, token counts (DATASET=...)
+	$(PY) -m gptvae data $(DATASET)
+
+ablation-kl-weight: $(STAMP)  ## sweep the KL weight beta (PRESET, DATASET, SEEDS, JOBS)
+	$(SWEEP) experiments/kl_weight.toml
+
+ablation-kl-floor: $(STAMP)  ## sweep the free-bits floor lambda
+	$(SWEEP) experiments/kl_floor.toml
+
+ablation-latent-dropout: $(STAMP)  ## sweep latent dropout
+	$(SWEEP) experiments/latent_dropout.toml
+
+ablation-latent-dim: $(STAMP)  ## sweep the latent size
+	$(SWEEP) experiments/latent_dim.toml
+
+ablations: ablation-kl-weight ablation-kl-floor ablation-latent-dropout ablation-latent-dim  ## all four sweeps
+
+mlflow-ui: $(STAMP)  ## serve the MLflow UI for the store (MLFLOW_TRACKING_URI, PORT=5000)
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $${PORT:-5000}
+
+clean:  ## remove caches (keeps .venv, the MLflow store and runs/)
+	rm -rf .pytest_cache **/__pycache__ *.egg-info
