@@ -1,0 +1,169 @@
+"""The training objective: the ELBO at the right scale, free bits, latent dropout, beta schedules.
+
+REFERENCE section 2. At scale "elbo" (the default) the loss over a batch B is
+
+    ( sum_x -log p(x|z_x) + beta * sum_x FB(KL(x)) ) / sum_x n(x)          nats per predicted token,
+
+which is exactly -ELBO / tokens at beta = 1 and floor = 0. Scale "upstream" reproduces x-transformers'
+GPTVAE loss (token-mean CE + beta * batch-mean of sum_d relu(KL_d - floor)), whose effective KL weight
+is beta * tokens-per-sequence; it exists for parity checks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gptvae.data import PAD
+
+FREE_BITS_MODES = ("per_dim", "batch_dim", "total")
+SCHEDULES = ("constant", "linear", "cyclical", "zero_linear")
+SCALES = ("elbo", "upstream")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    beta: float = 1.0               # KL weight (the value a schedule rises to)
+    free_bits: float = 0.0          # floor lambda, nats: per dimension, per batch-dimension or in total
+    free_bits_mode: str = "per_dim"  # per_dim | batch_dim | total (REFERENCE 2)
+    latent_dropout: float = 0.0     # probability that a whole sequence is decoded without its latent
+    scale: str = "elbo"             # elbo | upstream (parity with x-transformers only)
+    schedule: str = "constant"      # constant | linear | cyclical | zero_linear
+    beta_start: float = 0.0         # beta0, where linear, cyclical and zero_linear start
+    warmup_steps: int = 0           # linear: steps from beta_start to beta (Bowman et al. 2016)
+    cycles: int = 4                 # cyclical: number of cycles M over training (Fu et al. 2019)
+    cycle_ratio: float = 0.5        # cyclical: fraction R of each cycle spent rising
+    zero_fraction: float = 0.25     # zero_linear: fraction of training at beta = 0 (Optimus)
+    ramp_fraction: float = 0.25     # zero_linear: fraction of training rising to beta afterwards
+
+    def validate(self) -> None:
+        def check(ok: bool, name: str, allowed: str):
+            if not ok:
+                raise ValueError(f"objective.{name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
+
+        check(self.free_bits_mode in FREE_BITS_MODES, "free_bits_mode", ", ".join(FREE_BITS_MODES))
+        check(self.schedule in SCHEDULES, "schedule", ", ".join(SCHEDULES))
+        check(self.scale in SCALES, "scale", ", ".join(SCALES))
+        check(self.free_bits >= 0, "free_bits", "a floor >= 0 nats")
+        check(self.beta >= 0, "beta", "a weight >= 0")
+        check(self.beta_start >= 0, "beta_start", "a weight >= 0")
+        check(0 <= self.latent_dropout < 1, "latent_dropout", "a probability in [0, 1)")
+        check(self.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
+        check(self.cycles >= 1, "cycles", "an integer >= 1")
+        check(0 < self.cycle_ratio <= 1, "cycle_ratio", "a fraction in (0, 1]")
+        check(0 <= self.zero_fraction < 1, "zero_fraction", "a fraction in [0, 1)")
+        check(0 < self.ramp_fraction <= 1 - self.zero_fraction, "ramp_fraction", "a fraction in (0, 1 - zero_fraction]")
+
+
+def beta_at(config: ObjectiveConfig, step: int, total_steps: int) -> float:
+    """The KL weight at optimisation step `step` (0-based) of `total_steps`."""
+    b0, b1 = config.beta_start, config.beta
+
+    def ramp(progress: float) -> float:
+        return b0 + (b1 - b0) * min(max(progress, 0.0), 1.0)
+
+    if config.schedule == "constant":
+        return b1
+    if config.schedule == "linear":
+        return ramp(step / config.warmup_steps) if config.warmup_steps > 0 else b1
+    if config.schedule == "cyclical":
+        period = total_steps / config.cycles
+        tau = (step % period) / period          # position inside the current cycle, in [0, 1)
+        return ramp(tau / config.cycle_ratio)
+    if config.schedule == "zero_linear":
+        zero_end = config.zero_fraction * total_steps
+        if step < zero_end:
+            return 0.0
+        return ramp((step - zero_end) / (config.ramp_fraction * total_steps))
+    raise ValueError(f"objective.schedule={config.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+
+
+def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(q(z_d|x) || N(0, 1)) in nats, (B, D)."""
+    return 0.5 * (logvar.exp() + mu.square() - logvar - 1.0)
+
+
+def free_bits_kl(kl: Tensor, *, floor: float, mode: str) -> Tensor:
+    """sum_{x in B} FB(KL(x)): the floored KL that drives gradients (REFERENCE 2). kl is (B, D)."""
+    batch = kl.shape[0]
+    if mode == "per_dim":     # sum_d max(KL_d(x), lambda), per sequence
+        return kl.clamp(min=floor).sum()
+    if mode == "batch_dim":   # sum_d max(mean_x KL_d(x), lambda), charged once per sequence
+        return batch * kl.mean(dim=0).clamp(min=floor).sum()
+    if mode == "total":       # max(sum_d KL_d(x), lambda), per sequence
+        return kl.sum(dim=-1).clamp(min=floor).sum()
+    raise ValueError(f"free_bits_mode={mode!r} is unknown; allowed: {', '.join(FREE_BITS_MODES)}")
+
+
+def upstream_kl_term(kl: Tensor, *, floor: float, mode: str) -> Tensor:
+    """x-transformers' hinge form, batch mean of relu(KL - floor): same gradients as free_bits_kl."""
+    batch = kl.shape[0]
+    if mode == "per_dim":
+        return F.relu(kl - floor).sum(dim=-1).mean()
+    if mode == "batch_dim":
+        return F.relu(kl.mean(dim=0) - floor).sum()
+    return F.relu(kl.sum(dim=-1) - floor).sum() / batch
+
+
+@dataclass
+class Terms:
+    """One batch's objective. Sums (not means) so that batches aggregate exactly."""
+
+    loss: Tensor          # the scalar to minimise
+    rec: Tensor           # sum_x -log p(x|z_x), nats
+    kl: Tensor            # sum_x sum_d KL_d(x), unfloored, nats
+    kl_floored: Tensor    # sum_x FB(KL(x)), what the gradient sees
+    tokens: int           # predicted tokens (words + EOS)
+    sequences: int
+    beta: float
+
+
+def latent_dropout_mask(batch: int, p: float, device) -> Tensor:
+    """(B,) bool, True = decode this sequence without its latent.
+
+    Drawn with F.dropout on a vector of ones, as upstream's nn.Dropout does, so that the same RNG
+    state drops the same sequences in both implementations.
+    """
+    return F.dropout(torch.ones(batch, device=device), p=p, training=True) == 0
+
+
+def objective(model, tokens: Tensor, config: ObjectiveConfig, *, beta: float | None = None) -> Terms:
+    """The loss of one batch of BOS..EOS sequences (B, L), right-padded with PAD.
+
+    Latent dropout applies only in train mode (upstream uses nn.Dropout); the KL is charged for
+    dropped sequences too. Random draws follow upstream's order: eps, then the dropout mask.
+    """
+    beta = config.beta if beta is None else beta
+    batch = tokens.shape[0]
+    n_tokens = int((tokens[:, 1:] != PAD).sum())
+
+    if not model.has_latent:
+        rec = -model.log_likelihood(tokens).sum()
+        zero = rec.new_zeros(())
+        return Terms(rec / n_tokens, rec.detach(), zero, zero, n_tokens, batch, beta)
+
+    mu, logvar = model.posterior(tokens)
+    z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)      # reparameterisation
+
+    drop = None
+    if model.training and config.latent_dropout > 0:
+        drop = latent_dropout_mask(batch, config.latent_dropout, tokens.device)
+
+    rec = -model.log_likelihood(tokens, z, drop_latent=drop).sum()
+    kl = kl_per_dim(mu, logvar)
+    kl_floored = free_bits_kl(kl, floor=config.free_bits, mode=config.free_bits_mode)
+
+    if config.scale == "elbo":
+        loss = (rec + beta * kl_floored) / n_tokens
+    else:
+        loss = rec / n_tokens + beta * upstream_kl_term(kl, floor=config.free_bits, mode=config.free_bits_mode)
+
+    return Terms(loss, rec.detach(), kl.sum().detach(), kl_floored.detach(), n_tokens, batch, beta)
+
+
+def nats_per_token(total_nats: float, tokens: int) -> float:
+    return total_nats / tokens if tokens else math.nan
