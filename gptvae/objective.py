@@ -11,7 +11,6 @@ is beta * tokens-per-sequence; it exists for parity checks.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -88,14 +87,21 @@ def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 def free_bits_kl(kl: Tensor, *, floor: float, mode: str) -> Tensor:
-    """sum_{x in B} FB(KL(x)): the floored KL that drives gradients (REFERENCE 2). kl is (B, D)."""
+    """sum_{x in B} FB(KL(x)): the floored KL that drives gradients (REFERENCE 2). kl is (B, D).
+
+    max(KL, floor) is written floor + relu(KL - floor) so that the gradient is upstream's exactly,
+    also at KL == floor (where clamp would pass it through).
+    """
+    def floored(t: Tensor) -> Tensor:
+        return floor + F.relu(t - floor)
+
     batch = kl.shape[0]
     if mode == "per_dim":     # sum_d max(KL_d(x), lambda), per sequence
-        return kl.clamp(min=floor).sum()
+        return floored(kl).sum()
     if mode == "batch_dim":   # sum_d max(mean_x KL_d(x), lambda), charged once per sequence
-        return batch * kl.mean(dim=0).clamp(min=floor).sum()
+        return batch * floored(kl.mean(dim=0)).sum()
     if mode == "total":       # max(sum_d KL_d(x), lambda), per sequence
-        return kl.sum(dim=-1).clamp(min=floor).sum()
+        return floored(kl.sum(dim=-1)).sum()
     raise ValueError(f"free_bits_mode={mode!r} is unknown; allowed: {', '.join(FREE_BITS_MODES)}")
 
 
@@ -163,7 +169,3 @@ def objective(model, tokens: Tensor, config: ObjectiveConfig, *, beta: float | N
         loss = rec / n_tokens + beta * upstream_kl_term(kl, floor=config.free_bits, mode=config.free_bits_mode)
 
     return Terms(loss, rec.detach(), kl.sum().detach(), kl_floored.detach(), n_tokens, batch, beta)
-
-
-def nats_per_token(total_nats: float, tokens: int) -> float:
-    return total_nats / tokens if tokens else math.nan
