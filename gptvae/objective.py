@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gptvae.data import PAD
+from gptvae.metrics import kl_per_dim
 
 FREE_BITS_MODES = ("per_dim", "batch_dim", "total")
 SCHEDULES = ("constant", "linear", "cyclical", "zero_linear")
@@ -79,11 +80,6 @@ def beta_at(config: ObjectiveConfig, step: int, total_steps: int) -> float:
             return 0.0
         return ramp((step - zero_end) / (config.ramp_fraction * total_steps))
     raise ValueError(f"objective.schedule={config.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
-
-
-def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(q(z_d|x) || N(0, 1)) in nats, (B, D)."""
-    return 0.5 * (logvar.exp() + mu.square() - logvar - 1.0)
 
 
 def free_bits_kl(kl: Tensor, *, floor: float, mode: str) -> Tensor:

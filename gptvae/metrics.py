@@ -1,0 +1,427 @@
+"""Evaluation metrics for a GPT with a continuous latent. Everything is in nats.
+
+The definitions are REFERENCE.md section 3; they are the contract. The functions here are written
+against the small `LatentVariableModel` protocol, not against our model class, so the tests can
+check them on a linear-Gaussian model whose answers are known in closed form.
+
+Two mistakes in published code that these functions are built to avoid:
+
+- the importance weight is  log p(x|z) + log p(z) - log q(z|x)  (prior plus, posterior minus);
+  flipping those two signs still "works", but it is no longer a bound on -log p(x);
+- MI is estimated once over the whole evaluation set. Averaging it over minibatches (He et al. 2019)
+  makes it depend on the batch size; it is offered only as `minibatch_mutual_information`.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager, nullcontext
+from typing import Protocol
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor
+
+LOG_2PI = math.log(2 * math.pi)
+
+# the (rows x N) block of log q(z_i|x_j) the MI estimator holds at once, in elements
+MI_BLOCK_ELEMENTS = 4_000_000
+
+
+def exists(v):
+    return v is not None
+
+
+def default(v, d):
+    return v if exists(v) else d
+
+
+class LatentVariableModel(Protocol):
+    def posterior(self, x) -> tuple[Tensor, Tensor]: ...   # (mu, logvar), each (B, D)
+    def log_likelihood(self, x, z) -> Tensor: ...          # (B,) log p(x|z), summed over predicted tokens
+
+
+# densities (all reductions over the last dim, the latent dims)
+
+def _upcast(t: Tensor) -> Tensor:
+    """bf16 / fp16 -> fp32; fp32 and fp64 are kept as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _wide(device: torch.device) -> torch.dtype:
+    """The dtype for metric arithmetic: float64 wherever the device has it."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """log N(z; 0, I), summed over the last dim."""
+    return -0.5 * (LOG_2PI + z.square()).sum(-1)
+
+
+def diagonal_gaussian_log_prob(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; mu, diag(exp(logvar))), summed over the last dim. Broadcasts."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).square() * torch.exp(-logvar)).sum(-1)
+
+
+def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL_d( N(mu_d, exp(logvar_d)) || N(0, 1) ), shape (B, D). REFERENCE section 2."""
+    return 0.5 * (logvar.exp() + mu.square() - logvar - 1.0)
+
+
+def gaussian_negative_entropy(logvar: Tensor) -> Tensor:
+    """E_q[log q(z|x)] = -D/2 log(2 pi) - 1/2 sum_d (1 + logvar_d), shape (B,)."""
+    return -0.5 * (LOG_2PI + 1.0 + logvar).sum(-1)
+
+
+def sample_normal(shape, *, generator: torch.Generator | None = None, device=None) -> Tensor:
+    """Standard normal noise drawn with `generator` on the generator's own device, then moved.
+
+    A CPU generator therefore gives the same draws whether the model sits on CPU or GPU.
+    """
+    draw_device = generator.device if exists(generator) else device
+    eps = torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32)
+    return eps.to(device)
+
+
+def sample_posterior(mu: Tensor, logvar: Tensor, num_samples: int, *, generator=None) -> Tensor:
+    """z ~ q(z|x), shape (S, B, D). Drawn one (B, D) slab per sample, so that the draws do not
+    depend on how the samples are later chunked."""
+    std = (0.5 * logvar).exp()
+    eps = torch.stack([sample_normal(mu.shape, generator=generator, device=mu.device) for _ in range(num_samples)])
+    return mu + eps.to(mu.dtype) * std
+
+
+# forward passes (the only place the model is called; autocast lives here and only here)
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def _posterior(model, x, *, autocast=False) -> tuple[Tensor, Tensor]:
+    with _autocast(x.device, autocast):
+        mu, logvar = model.posterior(x)
+    return _upcast(mu), _upcast(logvar)
+
+
+def _log_likelihood(model, x, z, *, autocast=False) -> Tensor:
+    with _autocast(x.device, autocast):
+        ll = model.log_likelihood(x, z)
+    return _upcast(ll)
+
+
+def log_likelihood_samples(model, x: Tensor, z: Tensor, *, chunk_size=None, autocast=False) -> Tensor:
+    """log p(x|z_s) for z of shape (S, B, D): (S, B), float64.
+
+    The S samples go through the model as one batch of S*B rows (x repeated along the batch), at most
+    `chunk_size` (x, z) pairs at a time. If one sample of the whole batch is already more than
+    `chunk_size` pairs, the batch itself is split.
+    """
+    num_samples, batch = z.shape[:2]
+    chunk_size = default(chunk_size, num_samples * batch)
+    samples_per_chunk = max(1, chunk_size // batch)
+    rows_per_chunk = min(batch, chunk_size)
+
+    out = torch.empty(num_samples, batch, device=z.device, dtype=_wide(z.device))
+    for s0 in range(0, num_samples, samples_per_chunk):
+        s1 = min(num_samples, s0 + samples_per_chunk)
+        for b0 in range(0, batch, rows_per_chunk):
+            b1 = min(batch, b0 + rows_per_chunk)
+            xs = repeat(x[b0:b1], "b ... -> (s b) ...", s=s1 - s0)
+            zs = rearrange(z[s0:s1, b0:b1], "s b d -> (s b) d")
+            ll = _log_likelihood(model, xs, zs, autocast=autocast)
+            out[s0:s1, b0:b1] = rearrange(ll, "(s b) -> s b", s=s1 - s0).to(out.dtype)
+    return out
+
+
+# importance-weighted NLL (Burda et al. 2015)
+
+def importance_weighted_nll_from_posterior(
+    model,
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    num_samples: int,
+    *,
+    chunk_size: int | None = None,
+    generator: torch.Generator | None = None,
+    autocast: bool = False,
+) -> Tensor:
+    """-log p(x) ~= -(logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K), (B,), float64.
+
+    Same as `importance_weighted_nll`, given the posterior already computed (evaluate shares one
+    encoder pass between all metrics). The log-sum-exp runs over chunks of samples, so only one
+    chunk of weights is alive at a time.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples}; IW-NLL needs at least one importance sample")
+    batch = mu.shape[0]
+    wide = _wide(mu.device)
+    chunk_size = default(chunk_size, num_samples * batch)
+    samples_per_chunk = max(1, chunk_size // batch)
+
+    mu_w, logvar_w = mu.to(wide), logvar.to(wide)
+    running = torch.full((batch,), -math.inf, dtype=wide, device=mu.device)
+
+    for s0 in range(0, num_samples, samples_per_chunk):
+        s1 = min(num_samples, s0 + samples_per_chunk)
+        z = sample_posterior(mu, logvar, s1 - s0, generator=generator)                  # (s, B, D)
+        ll = log_likelihood_samples(model, x, z, chunk_size=chunk_size, autocast=autocast)
+
+        # weights from the very z the decoder saw, in wide precision
+        z_w = z.to(wide)
+        log_w = ll.to(wide) + standard_normal_log_prob(z_w) - diagonal_gaussian_log_prob(z_w, mu_w, logvar_w)
+        running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
+
+    return -(running - math.log(num_samples))
+
+
+@torch.no_grad()
+def importance_weighted_nll(
+    model: LatentVariableModel,
+    x: Tensor,
+    num_samples: int,
+    chunk_size: int | None = None,
+    generator: torch.Generator | None = None,
+    *,
+    autocast: bool = False,
+) -> Tensor:
+    """Importance-weighted estimate of -log p(x) per sequence, (B,), float64 (REFERENCE section 3).
+
+    The encoder runs once; the K samples z_k ~ q(z|x) are drawn with `generator` and batched by
+    repeating x, at most `chunk_size` (x, z) pairs per decoder call. Its expectation is >= -log p(x)
+    and decreases to it as K grows; with the exact posterior it equals -log p(x) for any K.
+    """
+    mu, logvar = _posterior(model, x, autocast=autocast)
+    return importance_weighted_nll_from_posterior(
+        model, x, mu, logvar, num_samples, chunk_size=chunk_size, generator=generator, autocast=autocast
+    )
+
+
+# mutual information I(x; z) under q
+
+def _log_aggregate_posterior(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log q(z_i) ~= logsumexp_j log q(z_i|x_j) - log N for every row of z: (M,).
+
+    log q(z_i|x_j) = sum_d [-1/2 z_id^2 / var_jd + z_id mu_jd / var_jd] + c_j is one matmul of
+    [z^2, z, 1] with [-1/2 / var, mu / var, c], so the (rows, N, D) tensor is never built: a block
+    holds (rows, N) numbers. Done in float64, where the expansion loses nothing that matters (in
+    float32 it would, once variances are small).
+    """
+    num, dim = mu.shape
+    inv_var = torch.exp(-logvar)                                                     # (N, D)
+    const = -0.5 * (dim * LOG_2PI + logvar.sum(-1) + (mu.square() * inv_var).sum(-1))  # (N,)
+    rhs = torch.cat([-0.5 * inv_var, mu * inv_var, rearrange(const, "n -> n 1")], dim=-1)  # (N, 2D+1)
+
+    out = []
+    for zi in z.split(max(1, MI_BLOCK_ELEMENTS // num)):
+        lhs = torch.cat([zi.square(), zi, torch.ones_like(zi[:, :1])], dim=-1)           # (r, 2D+1)
+        log_q = lhs @ rhs.T                                                           # log q(z_i|x_j)
+        out.append(torch.logsumexp(log_q, dim=-1) - math.log(num))
+    return torch.cat(out)
+
+
+def _mi_estimate(mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
+    return gaussian_negative_entropy(logvar).mean() - _log_aggregate_posterior(z, mu, logvar).mean()
+
+
+@torch.no_grad()
+def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> float:
+    """MI = mean_i E_q[log q(z|x_i)] - mean_i [logsumexp_j log q(z_i|x_j) - log N], one z_i ~ q(z|x_i).
+
+    The whole-evaluation-set estimator (Li et al. 2019 `calc_mi`, Optimus) over all N rows of
+    (mu, logvar). It is at most about log N (exactly so up to the noise of the entropy term, which
+    uses the expectation rather than log q(z_i|x_i)): report N beside it.
+    """
+    mu, logvar = mu.to(_wide(mu.device)), logvar.to(_wide(mu.device))
+    z = mu + sample_normal(mu.shape, generator=generator, device=mu.device).to(mu.dtype) * (0.5 * logvar).exp()
+    return _mi_estimate(mu, logvar, z).item()
+
+
+@torch.no_grad()
+def minibatch_mutual_information(
+    mu: Tensor, logvar: Tensor, batch_size: int, generator: torch.Generator | None = None
+) -> float:
+    """He et al. 2019's variant: the same estimator inside each consecutive minibatch of `batch_size`
+    rows, averaged with weights equal to the minibatch sizes.
+
+    It DEPENDS ON THE BATCH SIZE (each term is bounded by about log batch_size and its marginal
+    q(z) is a mixture of only batch_size components). Kept for comparison with published numbers;
+    report `mutual_information` instead.
+    """
+    total, count = 0.0, 0
+    for i0 in range(0, mu.shape[0], batch_size):
+        m, lv = mu[i0:i0 + batch_size], logvar[i0:i0 + batch_size]
+        total += mutual_information(m, lv, generator=generator) * m.shape[0]
+        count += m.shape[0]
+    return total / count
+
+
+# active units (Burda et al. 2015) and perplexity
+
+def posterior_mean_variance(mu: Tensor) -> Tensor:
+    """A_d = Var_x(mu_d(x)) over the rows, unbiased, (D,)."""
+    return mu.to(_wide(mu.device)).var(dim=0, correction=1)
+
+
+def active_units(mu: Tensor, threshold: float = 0.01) -> int:
+    """Number of latent dims with Var_x(mu_d(x)) >= threshold."""
+    return int((posterior_mean_variance(mu) >= threshold).sum().item())
+
+
+def perplexity(total_nll, total_tokens) -> float:
+    """exp(total NLL / total predicted tokens); the tokens are words + EOS, never BOS."""
+    return math.exp(float(total_nll) / float(total_tokens))
+
+
+# evaluation over a split
+
+def _device(model) -> torch.device:
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return param.device if exists(param) else torch.device("cpu")
+
+
+@contextmanager
+def _eval_mode(model):
+    """model.eval() inside, the previous mode restored after (also on error)."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        yield
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+
+
+@torch.no_grad()
+def posterior_moments(model, split, *, max_tokens: int = 4096, autocast: bool = False) -> tuple[Tensor, Tensor]:
+    """(mu, logvar) of q(z|x) for every sequence of `split`, in split order, float32 on CPU."""
+    from gptvae.data import batch_plan, collate
+
+    device = _device(model)
+    mus, logvars = [None] * len(split), [None] * len(split)
+    with _eval_mode(model):
+        for index in batch_plan(split.lengths, max_tokens=max_tokens, shuffle=False):
+            mu, logvar = _posterior(model, collate(split, index).to(device), autocast=autocast)
+            for i, m, lv in zip(index.tolist(), mu.float().cpu(), logvar.float().cpu()):
+                mus[i], logvars[i] = m, lv
+    return torch.stack(mus), torch.stack(logvars)
+
+
+def _probe_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor) -> float:
+    """Linear probe: standardized features, logistic regression fit on train, accuracy on test."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train_x, test_x = train_x.double().numpy(), test_x.double().numpy()
+    train_y, test_y = train_y.numpy(), test_y.numpy()
+    classes = set(train_y.tolist())
+    if len(classes) < 2:  # nothing to fit: the only class seen is the prediction
+        return float((test_y == train_y[0]).mean())
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))  # lbfgs: deterministic
+    probe.fit(train_x, train_y)
+    return float(probe.score(test_x, test_y))
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    split,
+    *,
+    iw_samples: int = 500,
+    mc_samples: int = 1,
+    max_tokens: int = 4096,
+    iw_chunk_size: int | None = None,
+    mi_samples: int | None = None,
+    seed: int = 0,
+    probe_split=None,
+    autocast: bool = False,
+) -> dict:
+    """All REFERENCE section 3 metrics of `model` on `split`, as a flat dict of python numbers.
+
+    Per-sequence means unless the key says otherwise; `*_per_token` divide sums by the number of
+    predicted tokens n(x) = non-PAD tokens - 1 (words + EOS). Every sample comes from one CPU
+    generator seeded with `seed`, so the same seed gives the same dict (on the same device).
+
+    For a model without a latent (`model.has_latent` False) the likelihood is exact: rec = iw_nll =
+    lm_nll, kl = 0, nothing is sampled (iw_samples and mc_samples report the settings asked for, so
+    that rows line up; mi_samples is 0), and the mi / au / probe_acc_* keys are absent.
+    """
+    from gptvae.data import PAD, batch_plan, collate
+
+    device = _device(model)
+    has_latent = bool(getattr(model, "has_latent", True))
+    generator = torch.Generator().manual_seed(seed)
+    num = len(split)
+
+    sums = dict(rec=0.0, kl=0.0, neg_elbo=0.0, iw_nll=0.0, lm_nll=0.0)
+    n_tokens = 0
+    mus, logvars = [None] * num, [None] * num
+
+    with _eval_mode(model):
+        for index in batch_plan(split.lengths, max_tokens=max_tokens, shuffle=False):
+            tokens = collate(split, index).to(device)
+            n_tokens += int(((tokens != PAD).sum(-1) - 1).sum().item())
+
+            lm_ll = _log_likelihood(model, tokens, None, autocast=autocast).double()
+            sums["lm_nll"] += -lm_ll.sum().item()
+            if not has_latent:
+                continue
+
+            mu, logvar = _posterior(model, tokens, autocast=autocast)
+            for i, m, lv in zip(index.tolist(), mu.float().cpu(), logvar.float().cpu()):
+                mus[i], logvars[i] = m, lv
+
+            z = sample_posterior(mu, logvar, mc_samples, generator=generator)
+            ll = log_likelihood_samples(model, tokens, z, chunk_size=iw_chunk_size, autocast=autocast)
+            rec = -ll.double().mean(0)                                         # (B,)
+            kl = kl_per_dim(mu.double(), logvar.double()).sum(-1)              # (B,)
+            iw = importance_weighted_nll_from_posterior(
+                model, tokens, mu, logvar, iw_samples,
+                chunk_size=iw_chunk_size, generator=generator, autocast=autocast,
+            )
+
+            sums["rec"] += rec.sum().item()
+            sums["kl"] += kl.sum().item()
+            sums["neg_elbo"] += (rec + kl).sum().item()
+            sums["iw_nll"] += iw.sum().item()
+
+    if not has_latent:  # exact likelihood: every bound is the likelihood itself
+        sums.update(rec=sums["lm_nll"], neg_elbo=sums["lm_nll"], iw_nll=sums["lm_nll"])
+
+    out = dict(
+        n_sequences=num,
+        n_tokens=n_tokens,
+        iw_samples=iw_samples,
+        mc_samples=mc_samples,
+        mi_samples=0,
+        rec=sums["rec"] / num,
+        kl=sums["kl"] / num,
+        neg_elbo=sums["neg_elbo"] / num,
+        nll_bound_per_token=sums["neg_elbo"] / n_tokens,
+        iw_nll=sums["iw_nll"] / num,
+        iw_nll_per_token=sums["iw_nll"] / n_tokens,
+        ppl=perplexity(sums["iw_nll"], n_tokens),
+        lm_nll=sums["lm_nll"] / num,
+        lm_nll_per_token=sums["lm_nll"] / n_tokens,
+        lm_ppl=perplexity(sums["lm_nll"], n_tokens),
+    )
+    if not has_latent:
+        return out
+
+    mu, logvar = torch.stack(mus), torch.stack(logvars)
+
+    # MI on a seeded subset when asked (it is O(N^2)); AU and probes use every row
+    rows = torch.arange(num)
+    if exists(mi_samples) and mi_samples < num:
+        rows = torch.randperm(num, generator=generator)[:mi_samples]
+    out["mi_samples"] = len(rows)
+    out["mi"] = mutual_information(mu[rows], logvar[rows], generator=generator)
+    out["au"] = active_units(mu)
+
+    if exists(probe_split):
+        probe_mu, _ = posterior_moments(model, probe_split, max_tokens=max_tokens, autocast=autocast)
+        for name, labels in split.labels.items():
+            out[f"probe_acc_{name}"] = _probe_accuracy(probe_mu, probe_split.labels[name], mu, labels)
+    return out

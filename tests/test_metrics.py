@@ -1,0 +1,358 @@
+"""gptvae.metrics against closed-form answers (REFERENCE.md section 3).
+
+The reference model is linear-Gaussian:  p(z) = N(0, I_D),  p(x|z) = N(Wz + b, s^2 I_P), with
+W = Q diag(sigma) (Q has orthonormal columns), so that everything is known exactly:
+
+    p(x)            = N(b, W W^T + s^2 I)
+    p(z|x)          = N(M^-1 W^T (x - b) / s^2, M^-1),   M = I + W^T W / s^2 = diag(1 + sigma^2 / s^2)
+    Var_x(mu_d(x))  = sigma_d^2 / (sigma_d^2 + s^2)
+    I(x; z)         = 1/2 log det M                     (q = the exact posterior)
+
+M is diagonal, so the exact posterior IS a diagonal Gaussian and the model fits the protocol exactly.
+"""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gptvae import metrics
+from gptvae.metrics import (
+    active_units,
+    diagonal_gaussian_log_prob,
+    evaluate,
+    importance_weighted_nll,
+    minibatch_mutual_information,
+    mutual_information,
+    perplexity,
+    posterior_mean_variance,
+    posterior_moments,
+    standard_normal_log_prob,
+)
+
+F64 = torch.float64
+
+
+class LinearGaussian:
+    """The linear-Gaussian latent model; `posterior` is exact unless shifted / rescaled."""
+
+    def __init__(self, sigma2, *, obs_dim=10, s=1.0, seed=0, mean_shift=0.0, var_scale=1.0):
+        g = torch.Generator().manual_seed(seed)
+        self.sigma2 = torch.as_tensor(sigma2, dtype=F64)
+        self.D, self.P, self.s = len(self.sigma2), obs_dim, s
+        q, _ = torch.linalg.qr(torch.randn(obs_dim, self.D, generator=g, dtype=F64))
+        self.W = q * self.sigma2.sqrt()                              # (P, D), orthogonal columns
+        self.b = torch.randn(obs_dim, generator=g, dtype=F64)
+        self.post_var = 1.0 / (1.0 + self.sigma2 / s**2)             # diag(M^-1)
+        self.mean_shift, self.var_scale = mean_shift, var_scale
+
+    def sample(self, n, *, seed):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.D, generator=g, dtype=F64)
+        return z @ self.W.T + self.b + self.s * torch.randn(n, self.P, generator=g, dtype=F64)
+
+    # the protocol
+
+    def posterior(self, x):
+        mu = self.post_var * ((x - self.b) @ self.W) / self.s**2 + self.mean_shift
+        logvar = (self.post_var * self.var_scale).log().expand_as(mu)
+        return mu, logvar
+
+    def log_likelihood(self, x, z):
+        mean = z.to(F64) @ self.W.T + self.b
+        return diagonal_gaussian_log_prob(x, mean, torch.full_like(x, 2 * math.log(self.s)))
+
+    # closed forms
+
+    def log_marginal(self, x):
+        cov = self.W @ self.W.T + self.s**2 * torch.eye(self.P, dtype=F64)
+        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(x)
+
+    @property
+    def mutual_information(self):
+        return 0.5 * torch.log1p(self.sigma2 / self.s**2).sum().item()
+
+    @property
+    def mean_variance(self):
+        return self.sigma2 / (self.sigma2 + self.s**2)
+
+
+def flipped_iw_nll(model, x, num_samples, *, generator):
+    """The AdaVAE bug: prior and posterior terms with swapped signs in the importance weight."""
+    mu, logvar = model.posterior(x)
+    z = metrics.sample_posterior(mu, logvar, num_samples, generator=generator)
+    log_w = torch.stack([
+        model.log_likelihood(x, zk) - standard_normal_log_prob(zk) + diagonal_gaussian_log_prob(zk, mu, logvar)
+        for zk in z
+    ])
+    return -(torch.logsumexp(log_w, 0) - math.log(num_samples))
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# importance-weighted NLL
+
+@pytest.mark.parametrize("num_samples", [1, 50])
+def test_iw_nll_exact_posterior_is_exact(num_samples):
+    # with q = p(z|x) every weight equals p(x): the estimate is exact for any K
+    model = LinearGaussian([2.0, 1.0, 0.3, 0.05])
+    x = model.sample(64, seed=1)
+    iw = importance_weighted_nll(model, x, num_samples, generator=gen())
+    assert iw.shape == (64,)
+    torch.testing.assert_close(iw, -model.log_marginal(x), rtol=0, atol=1e-5)
+
+
+def test_iw_nll_signs_flipped_would_fail():
+    # documents the bug REFERENCE section 5 warns about: flipped terms are off by nats, ours is exact
+    model = LinearGaussian([2.0, 1.0, 0.3, 0.05])
+    x = model.sample(64, seed=1)
+    exact = -model.log_marginal(x)
+    ours = importance_weighted_nll(model, x, 10, generator=gen(3))
+    flipped = flipped_iw_nll(model, x, 10, generator=gen(3))
+    assert (ours - exact).abs().max() < 1e-6
+    assert (flipped - exact).abs().mean() > 1.0
+
+
+def test_iw_nll_perturbed_posterior_gap_shrinks_with_k():
+    model = LinearGaussian([2.0, 1.0, 0.3, 0.05], mean_shift=0.4, var_scale=2.0)
+    x = model.sample(200, seed=2)
+    exact = -model.log_marginal(x)
+
+    gaps = {k: (importance_weighted_nll(model, x, k, chunk_size=20_000, generator=gen(k)) - exact).mean().item()
+            for k in (1, 10, 100, 1000)}
+    # K = 1 is -ELBO: the gap is the mean KL(q || p(z|x)), clearly positive
+    assert gaps[1] > 0.3
+    assert gaps[1] > gaps[10] > gaps[100] > gaps[1000] >= 0.0
+    assert gaps[1000] < 0.02
+
+
+def test_iw_nll_chunking_changes_nothing():
+    model = LinearGaussian([2.0, 1.0, 0.3, 0.05], mean_shift=0.4, var_scale=0.5)
+    x = model.sample(50, seed=4)
+    reference = importance_weighted_nll(model, x, 37, generator=gen(7))
+    for chunk_size in (1, 7, 50, 120, 10_000):  # below, at and above the batch size
+        chunked = importance_weighted_nll(model, x, 37, chunk_size=chunk_size, generator=gen(7))
+        torch.testing.assert_close(chunked, reference, rtol=0, atol=1e-6)
+
+
+def test_iw_nll_float32_model():
+    # the weights are computed in float64 from the very z the model saw, even for a float32 model
+    class Float32(LinearGaussian):
+        def posterior(self, x):
+            return tuple(t.float() for t in super().posterior(x))
+
+        def log_likelihood(self, x, z):
+            return super().log_likelihood(x, z).float()
+
+    model = Float32([2.0, 1.0, 0.3, 0.05])
+    x = model.sample(64, seed=1)
+    iw = importance_weighted_nll(model, x, 20, generator=gen())
+    assert iw.dtype == F64
+    torch.testing.assert_close(iw, -model.log_marginal(x), rtol=0, atol=1e-3)
+
+
+# mutual information
+
+def test_mi_converges_to_closed_form():
+    model = LinearGaussian([2.0] * 8)  # I(x; z) = 4 log 3 = 4.39 nats
+    exact = model.mutual_information
+    errors = {}
+    for n in (300, 10_000):
+        mu, logvar = model.posterior(model.sample(n, seed=n))
+        estimate = mutual_information(mu, logvar, generator=gen(n))
+        assert estimate <= math.log(n)
+        errors[n] = abs(estimate - exact)
+    # measured: 4.07 at N = 300 (a known downward bias), 4.34 at N = 10,000
+    assert errors[10_000] < 0.1
+    assert errors[10_000] < errors[300]
+
+
+def test_mi_low_information_dims():
+    model = LinearGaussian([1.0, 1.0, 0.25, 0.05])  # 0.83 nats
+    mu, logvar = model.posterior(model.sample(10_000, seed=0))
+    assert mutual_information(mu, logvar, generator=gen()) == pytest.approx(model.mutual_information, abs=0.05)
+
+
+def test_mi_saturates_near_log_n():
+    # 64 informative dims carry ~22 nats, far above log N: the estimate saturates at log N. The bound is
+    # not strict: E_q[log q] replaces log q(z_i|x_i), whose mean over N rows has std sqrt(D / 2N)
+    model = LinearGaussian([2.0] * 64, obs_dim=80)
+    n = 300
+    mu, logvar = model.posterior(model.sample(n, seed=0))
+    estimate = mutual_information(mu, logvar, generator=gen())
+    slack = 4 * math.sqrt(64 / (2 * n))
+    assert math.log(n) - 0.5 < estimate < math.log(n) + slack
+
+
+def test_mi_matches_direct_formula():
+    # the matmul expansion against the REFERENCE formula written out naively, with tiny variances too
+    g = gen(5)
+    n, d = 200, 6
+    mu = torch.randn(n, d, generator=g, dtype=F64)
+    logvar = torch.empty(n, d, dtype=F64).uniform_(-9.0, 1.0, generator=g)
+    z = mu + torch.randn(n, d, generator=gen(6)).to(F64) * (0.5 * logvar).exp()
+    log_q = diagonal_gaussian_log_prob(z[:, None], mu[None], logvar[None])          # (i, j)
+    neg_entropy = -0.5 * (d * math.log(2 * math.pi) + (1 + logvar).sum(-1))
+    direct = (neg_entropy.mean() - (torch.logsumexp(log_q, 1) - math.log(n)).mean()).item()
+    assert mutual_information(mu, logvar, generator=gen(6)) == pytest.approx(direct, abs=1e-9)
+
+
+def test_minibatch_mi_depends_on_batch_size():
+    model = LinearGaussian([2.0] * 8)
+    mu, logvar = model.posterior(model.sample(4096, seed=0))
+    full = mutual_information(mu, logvar, generator=gen())
+    # one minibatch holding every row is the whole-set estimator, draw for draw
+    assert minibatch_mutual_information(mu, logvar, 4096, generator=gen()) == pytest.approx(full, abs=1e-12)
+    small = minibatch_mutual_information(mu, logvar, 32, generator=gen())
+    assert small < math.log(32) + 0.3 < full
+
+
+# active units
+
+def test_active_units_match_closed_form():
+    # Var(mu_d) = sigma^2 / (sigma^2 + 1): 0.80, 0.50, 0.20, 0.048 active; 0.002, 0.0005, 0 not
+    sigma2 = [4.0, 1.0, 0.25, 0.05, 0.002, 0.0005, 0.0]
+    model = LinearGaussian(sigma2)
+    mu, _ = model.posterior(model.sample(10_000, seed=0))
+    variance = posterior_mean_variance(mu)
+    assert variance.shape == (7,)
+    torch.testing.assert_close(variance, model.mean_variance, rtol=0.05, atol=1e-4)
+    expected = int((model.mean_variance >= 0.01).sum())
+    assert expected == 4
+    assert active_units(mu) == expected
+    assert active_units(mu, threshold=0.001) == 5
+
+
+def test_posterior_mean_variance_is_unbiased():
+    mu = torch.tensor([[0.0], [1.0]])
+    assert posterior_mean_variance(mu).item() == pytest.approx(0.5)  # n - 1 = 1 in the denominator
+
+
+# perplexity
+
+def test_perplexity_arithmetic():
+    assert perplexity(6 * math.log(3.0), 3) == pytest.approx(9.0)
+    assert perplexity(torch.tensor(0.0), 10) == 1.0
+
+
+def test_perplexity_ptb_denominator():
+    # REFERENCE section 5: Texar's PTB VAE-LSTM, NLL 101.92 per sentence, 3,761 sentences,
+    # 78,669 words + 3,761 EOS = 82,430 predicted tokens -> PPL 104.61
+    sentences, words = 3761, 78_669
+    assert perplexity(101.92 * sentences, words + sentences) == pytest.approx(104.61, abs=0.01)
+    assert perplexity(101.92 * sentences, words) > 120  # without EOS the number is not comparable
+
+
+# evaluate, on real Split objects
+
+data = pytest.importorskip("gptvae.data")
+
+
+def token_split(n=40, seed=0):
+    """A small Split of BOS ... EOS sequences of varied length with a binary label."""
+    g = gen(seed)
+    lengths = torch.randint(1, 12, (n,), generator=g)
+    seqs = [torch.cat([torch.tensor([data.BOS]), torch.randint(4, 20, (int(k),), generator=g), torch.tensor([data.EOS])])
+            for k in lengths]
+    labels = torch.tensor([int(s[1] < 12) for s in seqs])
+    return data.Split(sequences=seqs, labels={"low": labels})
+
+
+class TokenLinearGaussian(nn.Module):
+    """LinearGaussian on a fixed feature of the token sequence: log p(x) is known exactly.
+
+    log_likelihood(tokens, None) returns the exact marginal, standing in for the masked-latent LM path.
+    """
+
+    has_latent = True
+
+    def __init__(self, sigma2, *, vocab=20, obs_dim=6):
+        super().__init__()
+        self.lg = LinearGaussian(sigma2, obs_dim=obs_dim, seed=1)
+        self.embed = nn.Embedding(vocab, obs_dim, padding_idx=data.PAD)  # parameter: gives the device
+        with torch.no_grad():
+            self.embed.weight.copy_(torch.randn(vocab, obs_dim, generator=gen(2)))
+            self.embed.weight[data.PAD].zero_()
+
+    def features(self, tokens):
+        return self.embed(tokens).to(F64).sum(1) / 2.0
+
+    def posterior(self, tokens):
+        return tuple(t.float() for t in self.lg.posterior(self.features(tokens)))
+
+    def log_likelihood(self, tokens, z):
+        x = self.features(tokens)
+        return self.lg.log_marginal(x) if z is None else self.lg.log_likelihood(x, z)
+
+
+def test_evaluate_exact_token_model():
+    split = token_split()
+    model = TokenLinearGaussian([2.0, 0.5, 0.05, 0.001])
+    model.train()
+    out = evaluate(model, split, iw_samples=3, mc_samples=400, max_tokens=64, iw_chunk_size=50, seed=0)
+    assert model.training  # mode restored
+
+    exact = -model.log_likelihood(torch.nn.utils.rnn.pad_sequence(split.sequences, batch_first=True), None)
+    assert out["n_sequences"] == len(split)
+    assert out["n_tokens"] == split.num_tokens == int(split.lengths.sum()) - len(split)
+    # exact posterior (up to the float32 posterior): IW-NLL is exact whatever K
+    assert out["iw_nll"] == pytest.approx(exact.mean().item(), abs=1e-4)
+    assert out["lm_nll"] == pytest.approx(exact.mean().item(), abs=1e-9)
+    assert out["ppl"] == pytest.approx(math.exp(exact.sum().item() / split.num_tokens), rel=1e-5)
+    # and -ELBO = -log p(x) + KL(q || p(z|x)) = -log p(x) in expectation: MC with 400 samples
+    assert out["neg_elbo"] == pytest.approx(out["iw_nll"], abs=0.05)
+    assert out["neg_elbo"] == pytest.approx(out["rec"] + out["kl"], abs=1e-9)
+    assert out["nll_bound_per_token"] == pytest.approx(out["neg_elbo"] * len(split) / split.num_tokens)
+    assert out["au"] == active_units(posterior_moments(model, split)[0])
+
+
+def tiny_models():
+    from gptvae.model import GPT, GPTVAE, ModelConfig
+
+    config = ModelConfig(dim=32, depth=1, enc_depth=1, heads=2, attn_dim_head=16, dim_latent=4, max_seq_len=16)
+    torch.manual_seed(0)
+    return GPTVAE(config, num_tokens=20), GPT(ModelConfig(**{**config.__dict__, "kind": "lm"}), num_tokens=20)
+
+
+KEYS = {"n_sequences", "n_tokens", "iw_samples", "mc_samples", "mi_samples", "rec", "kl", "neg_elbo",
+        "nll_bound_per_token", "iw_nll", "iw_nll_per_token", "ppl", "mi", "au", "lm_nll", "lm_nll_per_token",
+        "lm_ppl"}
+
+
+def test_evaluate_is_deterministic_and_complete():
+    vae, _ = tiny_models()
+    split, probe = token_split(30, seed=0), token_split(60, seed=1)
+    kwargs = dict(iw_samples=8, max_tokens=96, mi_samples=20, probe_split=probe)
+    first = evaluate(vae, split, seed=3, **kwargs)
+    second = evaluate(vae, split, seed=3, **kwargs)
+    other = evaluate(vae, split, seed=4, **kwargs)
+
+    assert first == second
+    assert first["iw_nll"] != other["iw_nll"]
+    assert set(first) == KEYS | {"probe_acc_low"}
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in first.values())
+    assert first["mi_samples"] == 20 and first["iw_samples"] == 8 and first["n_tokens"] == split.num_tokens
+    assert 0.0 <= first["probe_acc_low"] <= 1.0
+    assert first["iw_nll"] <= first["neg_elbo"] + 1.0  # IW tightens the bound (up to MC noise)
+
+
+def test_evaluate_latent_free_baseline():
+    _, lm = tiny_models()
+    split = token_split(20)
+    out = evaluate(lm, split, iw_samples=8, max_tokens=96, probe_split=token_split(20, seed=1))
+    assert set(out) == KEYS - {"mi", "au"}
+    assert out["rec"] == out["iw_nll"] == out["lm_nll"] == out["neg_elbo"]
+    assert out["kl"] == 0.0 and out["ppl"] == out["lm_ppl"]
+    assert out["mi_samples"] == 0 and out["iw_samples"] == 8
+
+
+def test_evaluate_bf16_autocast_close_to_fp32():
+    vae, _ = tiny_models()
+    split = token_split(20)
+    fp32 = evaluate(vae, split, iw_samples=4, max_tokens=96)
+    bf16 = evaluate(vae, split, iw_samples=4, max_tokens=96, autocast=True)
+    assert bf16["iw_nll"] == pytest.approx(fp32["iw_nll"], rel=0.05)
+    assert bf16["n_tokens"] == fp32["n_tokens"]
