@@ -1,11 +1,6 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-# import the working tree's gptvae even when the project is not pip-installed
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # no test may download: set before collection, so even import-time code sees it
 os.environ["GPTVAE_OFFLINE"] = "1"

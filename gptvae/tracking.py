@@ -1,0 +1,209 @@
+"""MLflow tracking: one experiment per ablation, a parent run per sweep, a child run per setting and seed.
+
+The store is MLflow's embedded SQLite database (`sqlite:///mlflow.db` in the working directory) unless
+MLFLOW_TRACKING_URI says otherwise. Several processes may write to one SQLite store at once: every
+write takes an exclusive file lock beside the database and is retried while SQLite reports a lock,
+so concurrent sweeps neither fail nor lose a run.
+
+Metrics are buffered and written in batches (`RunLogger.flush`) right before a checkpoint is saved.
+A resumed run skips the steps already in the store, so nothing is logged twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+TAG_HASH, TAG_SEED, TAG_SWEEP, TAG_KIND = "gptvae.config_hash", "gptvae.seed", "gptvae.sweep_key", "gptvae.kind"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used. The message names the URI and how to fix it."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:"):
+        return None
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    return Path(path) if path else None
+
+
+def check_uri(uri: str, *, timeout: float = 5.0) -> None:
+    """Fail fast with one clear message instead of MLflow's minutes of retries."""
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        path = _sqlite_path(uri)
+        if path is None:
+            raise TrackingError(f"tracking URI {uri!r} has no database path; use e.g. sqlite:///mlflow.db")
+        parent = path.resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise TrackingError(f"tracking URI {uri!r}: folder {parent} does not exist or is not writable")
+    elif scheme in ("http", "https"):
+        probe = uri.rstrip("/") + "/health"
+        try:
+            urllib.request.urlopen(probe, timeout=timeout).close()
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise TrackingError(
+                f"tracking server {uri!r} is unreachable ({getattr(err, 'reason', err)}); start it "
+                f"(`make mlflow-ui`) or unset MLFLOW_TRACKING_URI to use the local {DEFAULT_URI}"
+            ) from None
+    elif scheme in ("", "file"):
+        pass
+    else:
+        raise TrackingError(f"tracking URI {uri!r} has an unsupported scheme {scheme!r}; use sqlite:///, http(s):// or a path")
+
+
+class Tracker:
+    """A thin, lock-aware wrapper of MlflowClient with the queries the suite needs."""
+
+    def __init__(self, uri: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri or tracking_uri()
+        check_uri(self.uri)
+        db = _sqlite_path(self.uri)
+        self._lock_path = db.with_name(db.name + ".lock") if db else None
+        with self.locked():   # schema creation/migration must not race
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client.search_experiments(max_results=1)
+
+    @contextlib.contextmanager
+    def locked(self):
+        if self._lock_path is None:
+            yield
+            return
+        with open(self._lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def call(self, fn, *args, retries: int = 20, **kwargs):
+        """Run one store operation under the lock, retrying while SQLite says it is busy."""
+        for attempt in range(retries):
+            try:
+                with self.locked():
+                    return fn(*args, **kwargs)
+            except Exception as err:  # MLflow wraps sqlite3.OperationalError in several types
+                if "locked" not in str(err).lower() or attempt == retries - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+
+    # experiments and runs
+
+    def experiment_id(self, name: str) -> str:
+        def get_or_create():
+            found = self.client.get_experiment_by_name(name)
+            return found.experiment_id if found else self.client.create_experiment(name)
+
+        return self.call(get_or_create)
+
+    def find_runs(self, experiment_id: str, tags: dict[str, str]) -> list:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        return self.call(self.client.search_runs, [experiment_id], filter_string=query, max_results=1000,
+                         order_by=["attributes.start_time ASC"])
+
+    def parent_run(self, experiment_id: str, sweep_key: str, *, name: str, tags: dict[str, str]) -> str:
+        """The sweep's parent run: found by its key, so a re-run sweep keeps adding to the same one."""
+        def find_or_create():
+            found = self.client.search_runs([experiment_id], filter_string=f"tags.`{TAG_SWEEP}` = '{sweep_key}'",
+                                            max_results=1)
+            if found:
+                return found[0].info.run_id
+            run = self.client.create_run(experiment_id, run_name=name, tags={TAG_SWEEP: sweep_key, **tags})
+            return run.info.run_id
+
+        return self.call(find_or_create)
+
+    def child_run(self, experiment_id: str, *, config_hash: str, seed: int, name: str,
+                  parent_id: str | None, tags: dict[str, str]):
+        """(run_id, status) of the child for this setting and seed, created if it does not exist yet."""
+        def find_or_create():
+            query = f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_SEED}` = '{seed}'"
+            found = self.client.search_runs([experiment_id], filter_string=query, max_results=10,
+                                            order_by=["attributes.start_time ASC"])
+            if found:
+                return found[0].info.run_id, found[0].info.status
+            all_tags = {TAG_HASH: config_hash, TAG_SEED: str(seed), **tags}
+            if parent_id:
+                all_tags[TAG_PARENT] = parent_id
+            run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+            return run.info.run_id, run.info.status
+
+        return self.call(find_or_create)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        if status == "RUNNING":
+            self.call(self.client.update_run, run_id, status="RUNNING")
+        else:
+            self.call(self.client.set_terminated, run_id, status=status)
+
+    def status(self, run_id: str) -> str:
+        return self.call(self.client.get_run, run_id).info.status
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        existing = self.call(self.client.get_run, run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), 100):  # MLflow caps a batch at 100 params
+            self.call(self.client.log_batch, run_id, params=new[i:i + 100])
+
+    def params(self, run_id: str) -> dict[str, str]:
+        return self.call(self.client.get_run, run_id).data.params
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        self.call(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, run_id: str, points: list[tuple[str, float, int]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(s)) for k, v, s in points]
+        for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
+            self.call(self.client.log_batch, run_id, metrics=metrics[i:i + 1000])
+
+    def last_step(self, run_id: str, key: str) -> int:
+        """The last step already logged for `key` (-1 if none): where a resumed run starts logging."""
+        history = self.call(self.client.get_metric_history, run_id, key)
+        return max((m.step for m in history), default=-1)
+
+    def log_artifact(self, run_id: str, path: str | Path) -> None:
+        self.call(self.client.log_artifact, run_id, str(path))
+
+    def run(self, run_id: str):
+        return self.call(self.client.get_run, run_id)
+
+
+class RunLogger:
+    """Buffers metric points for one run and writes them in batches, never twice for a step."""
+
+    def __init__(self, tracker: Tracker, run_id: str, *, progress_key: str = "train/loss"):
+        self.tracker, self.run_id, self.progress_key = tracker, run_id, progress_key
+        self.buffer: list[tuple[str, float, int]] = []
+        self.logged_through = tracker.last_step(run_id, progress_key)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if step > self.logged_through:
+            self.buffer.extend((k, v, step) for k, v in metrics.items())
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.tracker.log_metrics(self.run_id, self.buffer)
+            self.logged_through = max(s for _, _, s in self.buffer)
+            self.buffer = []

@@ -1,0 +1,130 @@
+"""Training is deterministic, survives kill -9, refuses bad checkpoints and stops on a non-finite loss."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import gptvae.train as train_module
+from gptvae.config import apply_overrides, config_hash, preset
+from gptvae.train import CHECKPOINT, RESULT, CheckpointError, NonFiniteLossError, load_checkpoint, train
+
+SYNTHETIC = {"data.dataset": "synthetic", "data.synthetic_train": 600, "data.synthetic_eval": 64,
+             "train.steps": 24, "train.eval_every": 8, "train.log_every": 4, "eval.max_sequences": 32}
+
+
+def smoke(**overrides):
+    return apply_overrides(preset("smoke"), {**SYNTHETIC, **overrides}).validate()
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    cfg = smoke()
+    whole = train(cfg, run_dir=tmp_path / "whole", progress=False)
+
+    stopped = train(cfg, run_dir=tmp_path / "resumed", progress=False, stop_after=13)  # last checkpoint: 8
+    assert stopped.final == {} and load_checkpoint(tmp_path / "resumed" / CHECKPOINT)["step"] == 8
+    resumed = train(cfg, run_dir=tmp_path / "resumed", progress=False)
+
+    assert resumed.resumed_from == 8
+    assert resumed.final.keys() == whole.final.keys()
+    for key, value in whole.final.items():
+        if key != "train.seconds":
+            assert resumed.final[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_kill_9_mid_training_then_resume(tmp_path):
+    """The real thing: a separate process killed with SIGKILL after its first checkpoint."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    sets = [f"--set={k}={v}" for k, v in {**SYNTHETIC, "train.steps": 60, "train.eval_every": 10}.items()]
+    command = [sys.executable, "-m", "gptvae", "train", "--preset", "smoke", "--quiet",
+               "--runs-root", str(tmp_path / "runs"), *sets]
+    cfg = smoke(**{"train.steps": 60, "train.eval_every": 10})
+    ckpt = tmp_path / "runs" / "train" / f"{config_hash(cfg)}-seed0" / CHECKPOINT
+
+    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = load_checkpoint(ckpt)["step"]
+    assert 0 < killed_at < 60, "the kill must land mid-training"
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)
+    assert row["status"] == "resumed"
+    resumed = json.loads((ckpt.parent / RESULT).read_text())
+
+    reference = train(cfg, run_dir=tmp_path / "reference", progress=False).final
+    for key, value in reference.items():
+        if key != "train.seconds":
+            assert resumed[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+    # the store holds one child for this setting, and no metric step twice
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    for key in ("train/loss", "val/neg_elbo"):
+        steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, key)]
+        assert len(steps) == len(set(steps)) and max(steps) == 60, key
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    cfg = smoke()
+    real_objective = train_module.objective
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        terms = real_objective(*args, **kwargs)
+        calls["n"] += args[0].training   # validation calls the objective too, in eval mode
+        if calls["n"] == 11:   # step 10, after the checkpoint at step 8
+            terms.loss = terms.loss * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module, "objective", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 10.*last good checkpoint"):
+        train(cfg, run_dir=tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / CHECKPOINT)["step"] == 8
+
+
+def test_corrupt_checkpoint_is_refused_and_left_alone(tmp_path):
+    cfg = smoke()
+    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt.*left untouched"):
+        train(cfg, run_dir=tmp_path, progress=False)
+    assert (tmp_path / CHECKPOINT).read_bytes() == b"not a checkpoint"
+
+
+def test_missing_checkpoint_is_one_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / CHECKPOINT)
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    train(smoke(), run_dir=tmp_path, progress=False, stop_after=9)
+    with pytest.raises(CheckpointError, match="another config"):
+        train(smoke(**{"objective.beta": 0.5}), run_dir=tmp_path, progress=False)
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous checkpoint intact and no temporary file behind."""
+    path = tmp_path / CHECKPOINT
+    train_module.save_checkpoint(path, {"step": 1})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        train_module.save_checkpoint(path, {"step": 2})
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]
