@@ -1,0 +1,5 @@
+import sys
+
+from gptvae.cli import main
+
+sys.exit(main())

@@ -1,0 +1,146 @@
+"""Command line: python -m gptvae {data,train,sweep,evaluate,sample,bench} ...  (each has --help)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gptvae.config import PRESETS, ConfigError, apply_overrides, preset
+from gptvae.data import DATASETS, DataError
+
+EPILOG = """The tracking store is MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current folder.
+Corpora are read from $GPTVAE_DATA_DIR/<name>/, else the user cache, else downloaded (sha256-checked)."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.replace(",", " ").split()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r} is malformed: expected integers like '0 1 2' or '0,1,2'") from None
+    if not seeds:
+        raise ConfigError("--seeds is empty: give at least one seed, e.g. --seeds 0")
+    return seeds
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu", help=f"size of model and run: {', '.join(PRESETS)} (default: cpu)")
+    p.add_argument("--dataset", default=None, help=f"one of {', '.join(DATASETS)} (default: the preset's, yelp)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.dim_latent=16 --set objective.free_bits=0.5")
+
+
+def cmd_data(args) -> None:
+    from gptvae.data import describe
+
+    print(describe(args.name, data_dir=args.data_dir))
+
+
+def cmd_train(args) -> None:
+    from gptvae.sweep import PlannedRun, execute
+    from gptvae.tracking import Tracker
+
+    cfg = apply_overrides(preset(args.preset, dataset=args.dataset), args.overrides)
+    cfg = apply_overrides(cfg, {"train.seed": args.seed}).validate()
+    run = PlannedRun(args.name or f"{cfg.model.kind} seed={cfg.train.seed}", cfg.model.kind, None, cfg)
+    row = execute(run, experiment=args.experiment, parent_id=None, runs_root=Path(args.runs_root),
+                  tracker=Tracker(), progress=not args.quiet)
+    print(json.dumps(row, indent=2, default=str))
+
+
+def cmd_sweep(args) -> None:
+    from gptvae.sweep import format_rows, load_spec, run_sweep
+
+    spec = load_spec(args.spec)
+    rows = run_sweep(spec, preset_name=args.preset, dataset=args.dataset, seeds=parse_seeds(args.seeds),
+                     jobs=args.jobs, overrides=args.overrides, runs_root=args.runs_root, progress=not args.quiet)
+    print(f"\n{spec.experiment}: {len(rows)} runs\n")
+    print(format_rows(rows))
+
+
+def cmd_evaluate(args) -> None:
+    from gptvae.evaluation import evaluate_logged_run
+
+    result = evaluate_logged_run(args.run_id, split=args.split, iw_samples=args.iw_samples,
+                                 max_sequences=args.max_sequences, seed=args.seed)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_sample(args) -> None:
+    from gptvae.evaluation import sample_from_run
+
+    for line in sample_from_run(args.run, n=args.n, reference=args.reference, prior=not args.no_latent,
+                                temperature=args.temperature, seed=args.seed):
+        print(line)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gptvae", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", help="describe a dataset: splits, vocabulary size, token counts")
+    p.add_argument("name", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--data-dir", default=None, help="folder holding <name>/ (default: $GPTVAE_DATA_DIR)")
+    p.set_defaults(fn=cmd_data)
+
+    p = sub.add_parser("train", help="train one model, log it to MLflow, resume it if it was interrupted",
+                       epilog=EPILOG)
+    add_config_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--experiment", default="train", help="MLflow experiment name (default: train)")
+    p.add_argument("--name", default=None, help="MLflow run name")
+    p.add_argument("--runs-root", default="runs", help="where checkpoints go (default: runs/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("sweep", help="train every setting of an experiment spec (experiments/*.toml)",
+                       epilog=EPILOG)
+    p.add_argument("spec", help="an experiment spec, e.g. experiments/kl_floor.toml")
+    add_config_args(p)
+    p.add_argument("--seeds", default="0", help="seeds, e.g. '0 1 2' (default: 0)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each with cores/jobs threads")
+    p.add_argument("--runs-root", default="runs", help="where checkpoints go (default: runs/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("evaluate", help="re-evaluate a logged run from its checkpoint; log into the same run")
+    p.add_argument("run_id", help="MLflow run id")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--iw-samples", type=int, default=500, help="K for IW-NLL (default: 500)")
+    p.add_argument("--max-sequences", type=int, default=None, help="evaluate the first N (seeded subset); default all")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="decode samples from a trained run (prior, or a reference's latent)")
+    p.add_argument("run", help="MLflow run id or run folder")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--reference", default=None, help="a sentence: decode from its posterior mean")
+    p.add_argument("--no-latent", action="store_true", help="decode without a latent (LM path)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_sample)
+
+    sub.add_parser("bench", help="benchmarks that print speed ratios (python -m gptvae bench --help)",
+                   add_help=False)
+    return parser
+
+
+def main(argv=None) -> int:
+    from gptvae.tracking import TrackingError
+    from gptvae.train import CheckpointError, NonFiniteLossError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:   # the benchmark owns its flags
+        from gptvae.bench import main as bench_main
+
+        bench_main(argv[1:])
+        return 0
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ConfigError, DataError, CheckpointError, TrackingError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

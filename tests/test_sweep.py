@@ -1,0 +1,120 @@
+"""Sweeps against a real SQLite MLflow store: structure, skipping finished runs, concurrency, CLI errors."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gptvae.cli import main
+from gptvae.config import ConfigError, apply_overrides, preset
+from gptvae.sweep import load_spec, plan_runs, run_sweep
+from gptvae.tracking import Tracker, TrackingError
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["data.dataset=synthetic", "data.synthetic_train=300", "data.synthetic_eval=32", "train.steps=6",
+        "train.eval_every=3", "train.log_every=3", "eval.max_sequences=16", "eval.num_samples=2"]
+
+
+def write_spec(folder: Path, name: str, values) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(f'name = "{name}"\nfactor = "objective.free_bits"\nvalues = {list(values)}\nbaseline = true\n')
+    return path
+
+
+@pytest.mark.parametrize("spec", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_specs_plan_their_grid_plus_the_lm_row(spec):
+    s = load_spec(spec)
+    runs = plan_runs(s, preset_name="cpu", dataset=None, seeds=[0, 1])
+    assert len(runs) == 2 * (len(s.values) + 1)
+    assert sum(r.kind == "lm" for r in runs) == 2
+    assert {r.cfg.data.dataset for r in runs} == {"yelp"}
+    factor_values = {apply_overrides(preset("cpu"), {}).flat()[s.factor]} | set(s.values)
+    assert {r.cfg.flat()[s.factor] for r in runs if r.kind == "vae"} <= factor_values
+
+
+def test_sweep_logs_parent_children_curves_and_skips_on_rerun(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    spec = load_spec(write_spec(tmp_path, "floor", [0.0, 0.5]))
+    rows = run_sweep(spec, preset_name="smoke", dataset=None, seeds=[0], overrides=FAST,
+                     runs_root=tmp_path / "runs", tracker=tracker, progress=False)
+    assert [r["status"] for r in rows] == ["trained"] * 3
+
+    client = MlflowClient(tracker.uri)
+    exp = client.get_experiment_by_name("ablation-floor")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["objective.free_bits"] in ("0.0", "0.5")
+        assert {"gptvae.git_commit", "gptvae.config_hash", "gptvae.seed"} <= set(child.data.tags)
+        assert "valid.iw_nll" in child.data.metrics and child.data.params["valid.iw_samples"] == "8"
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")] == [3, 6]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/neg_elbo")] == [3, 6]
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"samples.txt", "config.json"} <= artifacts
+
+    again = run_sweep(spec, preset_name="smoke", dataset=None, seeds=[0], overrides=FAST,
+                      runs_root=tmp_path / "runs", tracker=tracker, progress=False)
+    assert [r["status"] for r in again] == ["skipped (finished)"] * 3
+    assert len(client.search_runs([exp.experiment_id])) == 4
+
+
+def test_two_sweeps_at_once_on_one_sqlite_store(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    sets = [f"--set={s}" for s in FAST]
+    procs = [subprocess.Popen([sys.executable, "-m", "gptvae", "sweep", str(write_spec(tmp_path, name, [0.0, 0.2])),
+                               "--preset", "smoke", "--quiet", "--runs-root", str(tmp_path / "runs"), *sets],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("first", "second")]
+    results = [p.communicate(timeout=600) for p in procs]
+    for proc, (out, err) in zip(procs, results):
+        assert proc.returncode == 0, err[-2000:]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    for name in ("first", "second"):
+        runs = client.search_runs([client.get_experiment_by_name(f"ablation-{name}").experiment_id])
+        assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--preset", "huge"], "preset 'huge' is unknown; allowed: smoke, cpu, gpu"),
+    (["train", "--preset", "smoke", "--set", "model.dim_latent"], "malformed: expected section.field=value"),
+    (["train", "--preset", "smoke", "--set", "model.dim_latent=big"], "model.dim_latent='big': expected an integer"),
+    (["train", "--preset", "smoke", "--set", "model.width=3"], "'model.width' is not a config key"),
+    (["train", "--preset", "smoke", "--set", "objective.free_bits=-1"], "objective.free_bits=-1.0 is invalid"),
+    (["train", "--preset", "smoke", "--dataset", "imdb"], "data.dataset='imdb' is unknown"),
+    (["sweep", "experiments/nope.toml"], "does not exist; specs in"),
+    (["sweep", "experiments/kl_floor.toml", "--seeds", "a b"], "--seeds 'a b' is malformed"),
+])
+def test_bad_command_lines_get_one_clear_error(argv, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(ROOT)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_unreachable_tracking_uri_fails_fast(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    started = time.time()
+    with pytest.raises(TrackingError, match="unreachable"):
+        Tracker()
+    assert time.time() - started < 15
+
+
+def test_unwritable_sqlite_folder_is_refused():
+    with pytest.raises(TrackingError, match="does not exist or is not writable"):
+        Tracker("sqlite:////nonexistent/folder/mlflow.db")
+
+
+def test_config_type_errors_from_specs(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\nfactor = "model.dim_latent"\nvalues = ["many"]\n')
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_spec(bad)
