@@ -128,11 +128,11 @@ PRESETS: dict[str, dict[str, object]] = {
         "data.synthetic_train": 2_000, "data.synthetic_eval": 200,
     },
     "cpu": {
-        "model.dim": 128, "model.depth": 3, "model.enc_depth": 2, "model.heads": 4, "model.attn_dim_head": 32,
+        "model.dim": 128, "model.depth": 3, "model.enc_depth": 2, "model.heads": 2, "model.attn_dim_head": 64,
         "model.dim_latent": 32,
-        "train.steps": 1_200, "train.batch_tokens": 4_096, "train.lr": 2e-3, "train.warmup_steps": 60,
-        "train.log_every": 10, "train.eval_every": 200, "train.val_sequences": 1_000,
-        "eval.iw_samples": 100, "eval.max_sequences": 1_000, "eval.batch_tokens": 16_384,
+        "train.steps": 400, "train.batch_tokens": 4_096, "train.lr": 2e-3, "train.warmup_steps": 40,
+        "train.log_every": 10, "train.eval_every": 100, "train.val_sequences": 1_000,
+        "eval.iw_samples": 64, "eval.max_sequences": 1_000, "eval.batch_tokens": 8_192,
     },
     "gpu": {
         "model.dim": 512, "model.depth": 8, "model.enc_depth": 4, "model.heads": 8, "model.attn_dim_head": 64,

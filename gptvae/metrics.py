@@ -362,6 +362,8 @@ def evaluate(
     with _eval_mode(model):
         for index in batch_plan(split.lengths, max_tokens=max_tokens, shuffle=False):
             tokens = collate(split, index).to(device)
+            # (x, z) pairs per decoder call: the same token budget as a batch, so memory stays bounded
+            chunk = default(iw_chunk_size, max(1, max_tokens // tokens.shape[1]))
             n_tokens += int(((tokens != PAD).sum(-1) - 1).sum().item())
 
             lm_ll = _log_likelihood(model, tokens, None, autocast=autocast).double()
@@ -374,12 +376,12 @@ def evaluate(
                 mus[i], logvars[i] = m, lv
 
             z = sample_posterior(mu, logvar, mc_samples, generator=generator)
-            ll = log_likelihood_samples(model, tokens, z, chunk_size=iw_chunk_size, autocast=autocast)
+            ll = log_likelihood_samples(model, tokens, z, chunk_size=chunk, autocast=autocast)
             rec = -ll.double().mean(0)                                         # (B,)
             kl = kl_per_dim(mu.double(), logvar.double()).sum(-1)              # (B,)
             iw = importance_weighted_nll_from_posterior(
                 model, tokens, mu, logvar, iw_samples,
-                chunk_size=iw_chunk_size, generator=generator, autocast=autocast,
+                chunk_size=chunk, generator=generator, autocast=autocast,
             )
 
             sums["rec"] += rec.sum().item()
