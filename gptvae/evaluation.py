@@ -51,7 +51,7 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
                                 "eval.max_sequences": max_sequences, "train.seed": seed})
     device = next(model.parameters()).device
     result = final_evaluation(model, corpus, cfg, device=device,
-                              autocast=cfg.train.autocast and bf16_is_fast(device))
+                              autocast=cfg.train.autocast and bf16_is_fast(device), progress=True)
 
     logged_k = tracker.params(run_id).get(f"{split}.iw_samples")
     prefix = split if logged_k in (None, str(iw_samples)) else f"{split}_k{iw_samples}"

@@ -19,6 +19,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Protocol
 
 import torch
+from tqdm.auto import tqdm
 from einops import rearrange, repeat
 from torch import Tensor
 
@@ -337,6 +338,7 @@ def evaluate(
     seed: int = 0,
     probe_split=None,
     autocast: bool = False,
+    progress: bool = False,
 ) -> dict:
     """All REFERENCE section 3 metrics of `model` on `split`, as a flat dict of python numbers.
 
@@ -360,7 +362,8 @@ def evaluate(
     mus, logvars = [None] * num, [None] * num
 
     with _eval_mode(model):
-        for index in batch_plan(split.lengths, max_tokens=max_tokens, shuffle=False):
+        plan = batch_plan(split.lengths, max_tokens=max_tokens, shuffle=False)
+        for index in tqdm(plan, desc=f"evaluate (K={iw_samples})", unit="batch", disable=not progress, leave=False):
             tokens = collate(split, index).to(device)
             # (x, z) pairs per decoder call: the same token budget as a batch, so memory stays bounded
             chunk = default(iw_chunk_size, max(1, max_tokens // tokens.shape[1]))

@@ -321,7 +321,7 @@ def train(cfg: Config, *, run_dir: Path, logger=None, progress: bool = True, res
     if stop_after is not None and stop_after < steps:
         return TrainResult(run_dir, {}, time.time() - started, resumed_from)
 
-    final = final_evaluation(model, corpus, cfg, device=device, autocast=use_autocast)
+    final = final_evaluation(model, corpus, cfg, device=device, autocast=use_autocast, progress=progress)
     final["train.seconds"] = time.time() - started
     atomic_write_json(run_dir / RESULT, final)
     if logger is not None:
@@ -334,7 +334,8 @@ def train(cfg: Config, *, run_dir: Path, logger=None, progress: bool = True, res
     return TrainResult(run_dir, final, time.time() - started, resumed_from)
 
 
-def final_evaluation(model, corpus: Corpus, cfg: Config, *, device, autocast: bool) -> dict[str, float]:
+def final_evaluation(model, corpus: Corpus, cfg: Config, *, device, autocast: bool,
+                     progress: bool = False) -> dict[str, float]:
     """REFERENCE 3 metrics on each configured split, as {"valid.iw_nll": ..., "valid.iw_samples": K, ...}."""
     out = {}
     probe = subset(corpus.splits["train"], 5_000, seed=VALIDATION_SEED) if model.has_latent else None
@@ -342,7 +343,8 @@ def final_evaluation(model, corpus: Corpus, cfg: Config, *, device, autocast: bo
         split = subset(corpus.splits[name], cfg.eval.max_sequences, seed=VALIDATION_SEED)
         result = evaluate(model, split, iw_samples=cfg.eval.iw_samples, mc_samples=cfg.eval.mc_samples,
                           max_tokens=cfg.eval.batch_tokens, seed=cfg.train.seed,
-                          probe_split=probe if probe is not None and split.labels else None, autocast=autocast)
+                          probe_split=probe if probe is not None and split.labels else None, autocast=autocast,
+                          progress=progress)
         out.update({f"{name}.{k}": v for k, v in result.items()})   # counts stay ints
     return out
 
