@@ -329,8 +329,9 @@ def train(cfg: Config, *, run_dir: Path, logger=None, progress: bool = True, res
         logger.tracker.log_params(logger.run_id, params)
         logger.tracker.log_metrics(logger.run_id, [(k, v, steps) for k, v in final.items() if k not in params])
         write_samples(model, corpus, cfg, run_dir / "samples.txt", device=device)
-        logger.tracker.log_artifact(logger.run_id, run_dir / "samples.txt")
-        logger.tracker.log_artifact(logger.run_id, run_dir / "config.json")
+        atomic_write_bytes(run_dir / "checkpoint_path.txt", lambda h: h.write(f"{ckpt_path.resolve()}\n".encode()))
+        for name in ("samples.txt", "config.json", "checkpoint_path.txt"):
+            logger.tracker.log_artifact(logger.run_id, run_dir / name)
     return TrainResult(run_dir, final, time.time() - started, resumed_from)
 
 

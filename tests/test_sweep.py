@@ -58,7 +58,7 @@ def test_sweep_logs_parent_children_curves_and_skips_on_rerun(tmp_path):
         assert [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")] == [3, 6]
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val/neg_elbo")] == [3, 6]
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"samples.txt", "config.json"} <= artifacts
+        assert {"samples.txt", "config.json", "checkpoint_path.txt"} <= artifacts
 
     again = run_sweep(spec, preset_name="smoke", dataset=None, seeds=[0], overrides=FAST,
                       runs_root=tmp_path / "runs", tracker=tracker, progress=False)
