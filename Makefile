@@ -17,11 +17,17 @@ JOBS         ?= 1
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export MLFLOW_TRACKING_URI
 
+# exported results, figures and tables live per preset, so a smoke run never overwrites the paper's
+RESULTS      ?= paper/results/$(PRESET)
+FIGURES      ?= paper/figures/$(PRESET)
+TABLES       ?= paper/tables/$(PRESET)
+NOTEBOOKS    := $(sort $(wildcard analysis/*.py))
+
 SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) --dataset $(DATASET) --seeds $(SEEDS) --jobs $(JOBS)
 
 .DEFAULT_GOAL := help
 .PHONY: help env test bench data ablation-kl-weight ablation-kl-floor ablation-latent-dropout \
-        ablation-latent-dim ablations mlflow-ui clean
+        ablation-latent-dim ablations mlflow-ui results figures paper clean
 
 help:  ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 26
@@ -60,6 +66,21 @@ ablations: ablation-kl-weight ablation-kl-floor ablation-latent-dropout ablation
 
 mlflow-ui: $(STAMP)  ## serve the MLflow UI for the store (MLFLOW_TRACKING_URI, PORT=5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $${PORT:-5000}
+
+results: $(STAMP)  ## export finished sweeps of PRESET from MLflow into paper/results/<preset>
+	$(PY) -m gptvae results --out $(RESULTS) --preset $(PRESET)
+
+figures: $(STAMP)  ## run the notebooks headlessly on the exported results: tables, figures (PNG, PDF)
+	@test -f $(RESULTS)/runs.csv || { echo "error: $(RESULTS)/runs.csv is missing: run \`make results PRESET=$(PRESET)\` first" >&2; exit 2; }
+	@for nb in $(NOTEBOOKS); do \
+	  echo "executing $$nb"; \
+	  PRESET=$(PRESET) GPTVAE_RESULTS=$(abspath $(RESULTS)) GPTVAE_FIGURES=$(abspath $(FIGURES)) \
+	  GPTVAE_TABLES=$(abspath $(TABLES)) $(VENV)/bin/jupytext --to ipynb --execute --quiet $$nb || exit 1; \
+	done
+	@echo "figures in $(FIGURES)/, tables in $(TABLES)/"
+
+paper: figures  ## build paper/build/<preset>/paper.html from paper/paper.md and the generated tables
+	$(PY) -m gptvae paper --preset $(PRESET)
 
 clean:  ## remove caches (keeps .venv, the MLflow store and runs/)
 	rm -rf .pytest_cache **/__pycache__ *.egg-info

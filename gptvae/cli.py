@@ -1,4 +1,4 @@
-"""Command line: python -m gptvae {data,train,sweep,evaluate,sample,bench} ...  (each has --help)."""
+"""Command line: python -m gptvae {data,train,sweep,evaluate,sample,results,paper,bench} ...  (each has --help)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,22 @@ def cmd_sample(args) -> None:
         print(line)
 
 
+def cmd_results(args) -> None:
+    from gptvae.results import export_results
+
+    counts = export_results(args.out, preset=args.preset, dataset=args.dataset)
+    for name, rows in counts.items():
+        print(f"{Path(args.out) / name}: {rows} rows")
+
+
+def cmd_paper(args) -> None:
+    from gptvae.report import paths, render_paper
+
+    root = Path(__file__).resolve().parents[1] / "paper"
+    md, html = render_paper(root / "paper.md", root / "build" / args.preset, where=paths(args.preset))
+    print(f"wrote {md} and {html}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gptvae", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,12 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_sample)
 
+    p = sub.add_parser("results", help="export finished sweeps from MLflow into small CSV files for the paper")
+    p.add_argument("--out", required=True, help="folder for runs.csv, history.csv, posterior_means.csv, samples.csv")
+    p.add_argument("--preset", default=None, help="only sweeps run at this preset (default: all)")
+    p.add_argument("--dataset", default=None, help="only sweeps on this dataset (default: all)")
+    p.set_defaults(fn=cmd_results)
+
+    p = sub.add_parser("paper", help="render paper/paper.md with the generated tables and numbers to HTML")
+    p.add_argument("--preset", default="cpu", help="whose results, tables and figures (default: cpu)")
+    p.set_defaults(fn=cmd_paper)
+
     sub.add_parser("bench", help="benchmarks that print speed ratios (python -m gptvae bench --help)",
                    add_help=False)
     return parser
 
 
 def main(argv=None) -> int:
+    from gptvae.results import ResultsMissingError
     from gptvae.tracking import TrackingError
     from gptvae.train import CheckpointError, NonFiniteLossError
 
@@ -140,7 +167,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, DataError, CheckpointError, TrackingError, NonFiniteLossError) as err:
+    except (ConfigError, DataError, CheckpointError, TrackingError, NonFiniteLossError, ResultsMissingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

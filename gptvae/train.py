@@ -351,29 +351,39 @@ def final_evaluation(model, corpus: Corpus, cfg: Config, *, device, autocast: bo
 
 
 @torch.no_grad()
-def write_samples(model, corpus: Corpus, cfg: Config, path: Path, *, device) -> None:
-    """Prior samples, reconstructions and an interpolation, decoded to text: the artifact people read."""
+def decode_samples(model, corpus: Corpus, cfg: Config, *, device) -> list[tuple[str, str]]:
+    """(section, text) pairs: prior samples, reconstructions, an interpolation, LM-path samples.
+
+    Seeded by train.seed, so a checkpoint always decodes to the same texts.
+    """
     from gptvae.data import BOS
 
     n, vocab = cfg.eval.num_samples, corpus.vocab
     torch.manual_seed(cfg.train.seed)
     prompts = torch.full((n, 1), BOS, dtype=torch.long, device=device)
     budget = cfg.model.max_seq_len - 1
-    lines = []
+    out = []
     if model.has_latent:
-        lines.append("# samples from the prior, z ~ N(0, I)")
-        lines += [vocab.decode(s) for s in model.generate(prompts, max_new_tokens=budget, prior=True)]
+        out += [("prior", vocab.decode(s)) for s in model.generate(prompts, max_new_tokens=budget, prior=True)]
         ref = subset(corpus.splits["valid"], n, seed=VALIDATION_SEED)
         x = collate(ref, torch.arange(len(ref))).to(device)
-        lines.append("\n# reconstructions: input => sample given the posterior mean")
         recon = model.generate(prompts[: len(ref)], max_new_tokens=budget, reference=x)
-        lines += [f"{vocab.decode(a)}  =>  {vocab.decode(b)}" for a, b in zip(x, recon)]
+        out += [("reconstruction", f"{vocab.decode(a)}  =>  {vocab.decode(b)}") for a, b in zip(x, recon)]
         mu, _ = model.posterior(x[:2])
-        lines.append("\n# interpolation between the first two inputs (posterior means), greedy decoding")
-        for t in torch.linspace(0, 1, 5).tolist():
+        for t in torch.linspace(0, 1, 5).tolist():   # greedy decoding along the line between two posterior means
             z = (1 - t) * mu[0] + t * mu[1]
-            out = model.generate(prompts[:1], max_new_tokens=budget, z=z, temperature=0.0)
-            lines.append(f"t={t:.2f}  {vocab.decode(out[0])}")
-    lines.append("\n# samples without the latent (LM path)")
-    lines += [vocab.decode(s) for s in model.generate(prompts, max_new_tokens=budget)]
+            text = vocab.decode(model.generate(prompts[:1], max_new_tokens=budget, z=z, temperature=0.0)[0])
+            out.append(("interpolation", f"t={t:.2f}  {text}"))
+    out += [("no latent", vocab.decode(s)) for s in model.generate(prompts, max_new_tokens=budget)]
+    return out
+
+
+def write_samples(model, corpus: Corpus, cfg: Config, path: Path, *, device) -> None:
+    """The decoded samples as a text file, one section after another: the artifact people read."""
+    lines, section = [], None
+    for name, text in decode_samples(model, corpus, cfg, device=device):
+        if name != section:
+            lines += ([""] if section else []) + [f"# {name}"]
+            section = name
+        lines.append(text)
     atomic_write_bytes(path, lambda h: h.write(("\n".join(lines) + "\n").encode()))

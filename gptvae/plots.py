@@ -1,0 +1,163 @@
+"""Figures for the analysis notebooks. Each takes exported results (gptvae.results) and returns a figure.
+
+Seeds are shown as error bars (mean ± std); the LM baseline, where it has the metric, as a dashed line.
+`save` writes PNG and PDF without timestamps, so re-running gives the same files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fontsize": 9,
+                     "figure.dpi": 110, "savefig.dpi": 150, "axes.spines.top": False, "axes.spines.right": False})
+
+# metric key in runs.csv -> axis label with units
+METRICS = {
+    "valid.neg_elbo": "-ELBO (nats/sequence)",
+    "valid.rec": "Rec (nats/sequence)",
+    "valid.kl": "KL (nats/sequence)",
+    "valid.mi": "MI (nats)",
+    "valid.au": "active units",
+    "valid.iw_nll_per_token": "IW-NLL (nats/token)",
+    "valid.ppl": "PPL (IW-NLL)",
+    "valid.lm_nll_per_token": "NLL, latent masked (nats/token)",
+    "valid.probe_acc_sentiment": "sentiment probe accuracy",
+}
+LATENT_ONLY = {"valid.kl", "valid.mi", "valid.au", "valid.probe_acc_sentiment"}
+
+
+def _by_value(runs: pd.DataFrame, experiment: str, key: str) -> pd.DataFrame:
+    vae = runs[(runs.experiment == experiment) & (runs.kind == "vae")]
+    return vae.groupby("value")[key].agg(["mean", "std", "count"]).reset_index()
+
+
+def _baseline(runs: pd.DataFrame, experiment: str, key: str):
+    lm = runs[(runs.experiment == experiment) & (runs.kind == "lm")]
+    return None if lm.empty or key not in lm or lm[key].isna().all() else lm[key].mean()
+
+
+def _positions(values) -> dict[float, int]:
+    """Grid values sit at evenly spaced positions: grids like 0, 0.05, ..., 1 span decades and a zero."""
+    return {v: i for i, v in enumerate(sorted(set(values)))}
+
+
+def _x_axis(ax, positions: dict[float, int], factor_label: str) -> None:
+    ax.set_xticks(list(positions.values()))
+    ax.set_xticklabels([f"{v:g}" for v in positions])
+    ax.set_xlabel(factor_label)
+
+
+def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str, metrics=None, ncols: int = 3):
+    """One panel per metric against the ablated factor; the LM baseline as a dashed line."""
+    metrics = [m for m in (metrics or METRICS) if m in runs and runs.loc[runs.experiment == experiment, m].notna().any()]
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, metrics):
+        stats = _by_value(runs, experiment, key)
+        at = _positions(stats["value"])
+        ax.errorbar(stats["value"].map(at), stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
+                    label="GPT-VAE")
+        base = _baseline(runs, experiment, key)
+        if base is not None and key not in LATENT_ONLY:
+            ax.axhline(base, color="0.4", linestyle="--", linewidth=1, label="LM baseline")
+        _x_axis(ax, at, factor_label)
+        ax.set_ylabel(METRICS.get(key, key))
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(loc="best")
+    seeds = runs.loc[runs.experiment == experiment, "seed"].nunique()
+    fig.suptitle(f"{experiment}: validation metrics (mean ± std over {seeds} seed{'s' * (seeds > 1)})")
+    fig.tight_layout()
+    return fig
+
+
+def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str):
+    """KL (rate) against Rec (distortion), one point per setting, labelled with the factor's value."""
+    kl, rec = _by_value(runs, experiment, "valid.kl"), _by_value(runs, experiment, "valid.rec")
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    ax.errorbar(kl["mean"], rec["mean"], xerr=kl["std"].fillna(0), yerr=rec["std"].fillna(0), marker="o",
+                linestyle="-", capsize=3)
+    for value, x, y in zip(kl["value"], kl["mean"], rec["mean"]):
+        ax.annotate(f"{value:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    base = _baseline(runs, experiment, "valid.rec")
+    if base is not None:
+        ax.axhline(base, color="0.4", linestyle="--", linewidth=1, label="LM baseline NLL")
+        ax.legend(loc="best")
+    ax.set_xlabel("rate: KL (nats/sequence)")
+    ax.set_ylabel("distortion: Rec (nats/sequence)")
+    ax.set_title(f"{experiment}: rate-distortion plane (labels: {factor_label})")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, factor_label: str,
+                    keys=("val/kl", "val/au")):
+    """Validation KL and active units over training, one line per setting (mean over seeds)."""
+    vae = runs[(runs.experiment == experiment) & (runs.kind == "vae")][["run_id", "value"]]
+    curves = history.merge(vae.rename(columns={"value": "setting"}), on="run_id")
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    values = sorted(vae["value"].unique())
+    labels = {"val/kl": "KL (nats/sequence)", "val/au": "active units", "val/neg_elbo": "-ELBO (nats/sequence)"}
+    for ax, key in zip(axes.flat, keys):
+        for i, value in enumerate(values):
+            points = curves[(curves.key == key) & (curves.setting == value)]
+            mean = points.groupby("step")["value"].mean()
+            ax.plot(mean.index, mean.values, color=cmap(i / max(1, len(values) - 1)), label=f"{value:g}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(labels.get(key, key))
+    axes.flat[-1].legend(title=factor_label, loc="best", ncol=2)
+    fig.suptitle(f"{experiment}: collapse or use of the latent during training")
+    fig.tight_layout()
+    return fig
+
+
+def posterior_means(means: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, label: str, factor_label: str):
+    """2-D PCA of posterior means on validation sentences, one panel per setting, coloured by a label."""
+    vae = runs[(runs.experiment == experiment) & (runs.kind == "vae")].drop_duplicates(["value"])
+    panels = [(row.value, means[means.run_id == row.run_id]) for row in vae.itertuples()]
+    panels = [(v, m) for v, m in panels if not m.empty]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.2), squeeze=False)
+    for ax, (value, points) in zip(axes.flat, panels):
+        scatter = ax.scatter(points.pc1, points.pc2, c=points[label], s=6, cmap="coolwarm", alpha=0.7,
+                             vmin=points[label].min(), vmax=points[label].max())
+        ax.set_title(f"{factor_label} = {value:g}")
+        ax.set_xlabel("PC 1 of μ")
+    axes.flat[0].set_ylabel("PC 2 of μ")
+    fig.colorbar(scatter, ax=axes.ravel().tolist(), label=label, shrink=0.8)
+    fig.suptitle(f"{experiment}: posterior means of 500 validation sentences")
+    return fig
+
+
+def save(fig, name: str, folder: str | Path) -> list[Path]:
+    """PNG and PDF with no timestamps or version stamps, so regenerated files match."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
+    fig.savefig(paths[0], metadata={"Software": None}, bbox_inches="tight")
+    fig.savefig(paths[1], metadata={"Creator": None, "Producer": None, "CreationDate": None}, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def overview(runs: pd.DataFrame):
+    """MI against KL for every VAE run of every ablation: MI <= KL, and collapse sits at the origin."""
+    vae = runs[runs.kind == "vae"]
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    for experiment, group in vae.groupby("experiment", sort=True):
+        ax.scatter(group["valid.kl"], group["valid.mi"], label=experiment.removeprefix("ablation-"), s=22, alpha=0.8)
+    top = float(np.nanmax(vae[["valid.kl", "valid.mi"]].to_numpy())) if len(vae) else 1.0
+    ax.plot([0, top], [0, top], color="0.5", linestyle=":", linewidth=1, label="MI = KL")
+    if "valid.mi_samples" in vae:
+        log_n = np.log(vae["valid.mi_samples"].max())
+        ax.axhline(log_n, color="0.5", linestyle="--", linewidth=1, label=f"log N (N = {int(np.exp(log_n) + 0.5)})")
+    ax.set_xlabel("KL (nats/sequence)")
+    ax.set_ylabel("MI (nats)")
+    ax.set_title("Mutual information against rate, all runs")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return fig
