@@ -70,6 +70,12 @@ class ModelConfig:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
 
 
+def layer_kwargs(config: ModelConfig) -> dict:
+    """What upstream passes to its Encoder and Decoder; the LM baseline's Decoder gets exactly the same."""
+    return dict(attn_dim_head=config.attn_dim_head, heads=config.heads, rotary_pos_emb=config.rotary_pos_emb,
+                attn_dropout=config.dropout, ff_dropout=config.dropout)
+
+
 def sequence_log_prob(logits: Tensor, target: Tensor) -> Tensor:
     """Sum of log p(target_t) over the non-PAD targets of each row. Always in float32."""
     # (B*n, C) keeps the softmax over a contiguous last dim: several times faster on CPU than (B, C, n)
@@ -98,13 +104,9 @@ class GPTVAE(nn.Module):
             enc_depth=config.enc_depth,
             max_seq_len=config.max_seq_len,
             dim_latent=config.dim_latent,
-            attn_dim_head=config.attn_dim_head,
-            heads=config.heads,
             pad_id=PAD,                  # encoder mask and ignored targets
             latents_dropout_prob=0.0,    # applied by the objective, which also reports it
-            rotary_pos_emb=config.rotary_pos_emb,
-            attn_dropout=config.dropout,
-            ff_dropout=config.dropout,
+            **layer_kwargs(config),
         )
 
     @property
@@ -192,15 +194,7 @@ class GPT(nn.Module):
         self.decoder = TransformerWrapper(
             num_tokens=num_tokens,
             max_seq_len=config.max_seq_len,
-            attn_layers=Decoder(
-                dim=config.dim,
-                depth=config.depth,
-                attn_dim_head=config.attn_dim_head,
-                heads=config.heads,
-                rotary_pos_emb=config.rotary_pos_emb,
-                attn_dropout=config.dropout,
-                ff_dropout=config.dropout,
-            ),
+            attn_layers=Decoder(dim=config.dim, depth=config.depth, **layer_kwargs(config)),
         )
         self.ar_wrapped_decoder = AutoregressiveWrapper(self.decoder, ignore_index=PAD)
 

@@ -99,6 +99,13 @@ def test_padding_does_not_change_a_sequence_likelihood():
             assert torch.allclose(model.posterior(x[i:i + 1, :n])[0], mu[i:i + 1], atol=1e-5)
 
 
+def test_lm_baseline_is_the_vae_decoder_without_the_latent():
+    vae, _ = paired_models()
+    lm = GPT(ModelConfig(kind="lm", **SMALL), num_tokens=V)
+    shapes = lambda m: sorted((name, tuple(p.shape)) for name, p in m.named_parameters())  # noqa: E731
+    assert shapes(lm.decoder) == shapes(vae.net.decoder)
+
+
 def test_lm_baseline_likelihood_and_no_kl():
     torch.manual_seed(0)
     lm = GPT(ModelConfig(kind="lm", **SMALL), num_tokens=V)
