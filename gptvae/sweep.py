@@ -21,7 +21,7 @@ from gptvae.config import Config, ConfigError, apply_overrides, config_hash, pre
 from gptvae.tracking import TAG_KIND, Tracker, RunLogger
 
 SUMMARY_KEYS = ("valid.neg_elbo", "valid.rec", "valid.kl", "valid.iw_nll_per_token", "valid.mi", "valid.au",
-                "valid.lm_nll_per_token", "train.seconds")
+                "valid.lm_nll_per_token", "time.train_seconds", "time.eval_seconds")
 
 
 @dataclass(frozen=True)

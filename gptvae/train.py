@@ -321,8 +321,11 @@ def train(cfg: Config, *, run_dir: Path, logger=None, progress: bool = True, res
     if stop_after is not None and stop_after < steps:
         return TrainResult(run_dir, {}, time.time() - started, resumed_from)
 
+    trained = time.time()
     final = final_evaluation(model, corpus, cfg, device=device, autocast=use_autocast, progress=progress)
-    final["train.seconds"] = time.time() - started
+    # wall time of this process: loading + training (a resumed run counts only its own part), then evaluation
+    final["time.train_seconds"] = trained - started
+    final["time.eval_seconds"] = time.time() - trained
     atomic_write_json(run_dir / RESULT, final)
     if logger is not None:
         params = {k: v for k, v in final.items() if k.split(".", 1)[-1] in ("iw_samples", "mi_samples", "n_sequences", "mc_samples")}
