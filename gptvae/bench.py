@@ -29,64 +29,22 @@ from gptvae.metrics import (
     standard_normal_log_prob,
 )
 
-try:
-    from gptvae.data import BOS, EOS, PAD
-except ImportError:  # gptvae.data's specials, should it be missing
-    PAD, BOS, EOS = 0, 1, 2
+from gptvae.data import BOS, EOS, PAD, Vocab, synthetic_sample
+from gptvae.model import GPTVAE, ModelConfig
 
-
-# data: the synthetic task when gptvae.data has it, random tokens otherwise
 
 def make_tokens(num_sequences: int, *, seed: int) -> tuple[torch.Tensor, int]:
-    """(N, L) BOS ... EOS token matrix and the vocabulary size."""
-    try:
-        from gptvae.data import Vocab, synthetic_sample
-    except ImportError:
-        g = torch.Generator().manual_seed(seed)
-        body = torch.randint(4, 32, (num_sequences, 66), generator=g)
-        col = lambda t: torch.full((num_sequences, 1), t)  # noqa: E731
-        return torch.cat([col(BOS), body, col(EOS)], dim=1), 32
-
+    """(N, L) BOS ... EOS token matrix of synthetic-task sequences, and the vocabulary size."""
     texts, _, _ = synthetic_sample(num_sequences, seed=seed)
     vocab = Vocab.build([list(t) for t in texts], unit="char")
     tokens = torch.tensor([[BOS, *vocab.encode(t), EOS] for t in texts])
     return tokens, len(vocab)
 
 
-# model: the project's GPTVAE, or a stand-in built straight on x-transformers with the same interface
-
-def make_model(args, num_tokens: int, max_seq_len: int):
-    try:
-        from gptvae.model import GPTVAE, ModelConfig
-    except ImportError:
-        return StandIn(args, num_tokens, max_seq_len)
+def make_model(args, num_tokens: int, max_seq_len: int) -> GPTVAE:
     config = ModelConfig(dim=args.dim, depth=args.depth, enc_depth=args.enc_depth, heads=args.heads,
                          attn_dim_head=args.dim_head, dim_latent=args.dim_latent, max_seq_len=max_seq_len)
     return GPTVAE(config, num_tokens=num_tokens)
-
-
-class StandIn(torch.nn.Module):
-    """TODO: only used while gptvae.model lacks GPTVAE / ModelConfig; swap for
-    `GPTVAE(ModelConfig(...), num_tokens=V)` from gptvae.model (make_model already tries it first)."""
-
-    has_latent = True
-
-    def __init__(self, args, num_tokens: int, max_seq_len: int):
-        super().__init__()
-        from x_transformers.gpt_vae import GPTVAE as Upstream
-
-        self.net = Upstream(num_tokens=num_tokens, dim=args.dim, depth=args.depth, enc_depth=args.enc_depth,
-                            heads=args.heads, attn_dim_head=args.dim_head, dim_latent=args.dim_latent,
-                            max_seq_len=max_seq_len, pad_id=PAD, latents_dropout_prob=0.0, rotary_pos_emb=True)
-
-    def posterior(self, tokens):
-        mu, logvar = self.net.to_latent_mean_log_variance(self.net.encoder(tokens, mask=tokens != PAD))
-        return mu.float(), logvar.float()
-
-    def log_likelihood(self, tokens, z):
-        logits = self.net.decoder(tokens[:, :-1], prepend_embeds=self.net.from_latent_to_prepend_token(z))
-        logp = logits[:, 1:].float().log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
-        return (logp * (tokens[:, 1:] != PAD)).sum(-1)
 
 
 # the two ways of computing IW-NLL
