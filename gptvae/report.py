@@ -70,9 +70,10 @@ def ablation_report(experiment: str, *, where: dict[str, Path] | None = None) ->
     where = where or paths()
     res = load_results(where["results"])
     runs, label = res["runs"], ABLATIONS[experiment]
-    if (runs.experiment == experiment).sum() == 0:
-        raise ValueError(f"{where['results']} has no runs of {experiment}: run `make {experiment}` then `make results`")
     name = experiment.removeprefix("ablation-")
+    if (runs.experiment == experiment).sum() == 0:   # sweeps run in pieces: say what to run, draw nothing
+        return (f"*{experiment} has no finished runs in {where['results']}: run `make {experiment}` "
+                f"with the same PRESET, then `make results`.*\n"), []
     table = ablation_table(runs, experiment)
     write_text(where["tables"] / f"{name}.md", table)
     write_text(where["tables"] / f"{name}_samples.md", samples_table(res["samples"], runs, experiment))

@@ -64,6 +64,12 @@ def autocast_context(device: torch.device, enabled: bool):
 
 # atomic files
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Write through a temporary file in the same folder, fsync, then rename: all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +79,7 @@ def atomic_write_bytes(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -91,3 +91,10 @@ def test_pca_projection_is_deterministic_and_ordered():
     a, b = pca_2d(x), pca_2d(x.copy())
     assert np.array_equal(a, b) and a[:, 0].std() > a[:, 1].std() > 0
     assert pca_2d(x[:, :1])[:, 1].tolist() == [0.0] * 200   # one latent dimension: the second axis is empty
+
+
+@pytest.mark.corpus
+def test_an_ablation_not_run_yet_says_what_to_run(exported):
+    where, _, _ = exported
+    table, pngs = ablation_report("ablation-latent-dim", where=where)
+    assert pngs == [] and "make ablation-latent-dim" in table
