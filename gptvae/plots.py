@@ -116,20 +116,30 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
     return fig
 
 
-def posterior_means(means: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, label: str, factor_label: str):
+def posterior_means(means: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, label: str, symbol: str,
+                    ncols: int = 3):
     """2-D PCA of posterior means on validation sentences, one panel per setting, coloured by a label."""
     vae = runs[(runs.experiment == experiment) & (runs.kind == "vae")].drop_duplicates(["value"])
     panels = [(row.value, means[means.run_id == row.run_id]) for row in vae.itertuples()]
     panels = [(v, m) for v, m in panels if not m.empty]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.2), squeeze=False)
+    ncols = min(ncols, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.3 * nrows), squeeze=False,
+                             layout="constrained")
+    classes = sorted(means[label].dropna().unique())
+    cmap = plt.get_cmap("coolwarm", len(classes)) if len(classes) <= 10 else plt.get_cmap("viridis")
     for ax, (value, points) in zip(axes.flat, panels):
-        scatter = ax.scatter(points.pc1, points.pc2, c=points[label], s=6, cmap="coolwarm", alpha=0.7,
-                             vmin=points[label].min(), vmax=points[label].max())
-        ax.set_title(f"{factor_label} = {value:g}")
+        scatter = ax.scatter(points.pc1, points.pc2, c=points[label], s=6, cmap=cmap, alpha=0.7,
+                             vmin=min(classes), vmax=max(classes))
+        ax.set_title(f"{symbol} = {value:g}")
         ax.set_xlabel("PC 1 of μ")
-    axes.flat[0].set_ylabel("PC 2 of μ")
-    fig.colorbar(scatter, ax=axes.ravel().tolist(), label=label, shrink=0.8)
-    fig.suptitle(f"{experiment}: posterior means of 500 validation sentences")
+        ax.set_ylabel("PC 2 of μ")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    bar = fig.colorbar(scatter, ax=axes, label=label, shrink=0.6)
+    if len(classes) <= 10:
+        bar.set_ticks(classes)
+    fig.suptitle(f"{experiment}: posterior means of {len(panels[0][1])} validation sentences (first seed)")
     return fig
 
 

@@ -14,13 +14,15 @@ import pandas as pd
 from gptvae import plots
 from gptvae.results import format_table, load_results, summarize
 
-# experiment -> (factor label for axes and tables, posterior-mean colour label)
+# experiment -> the factor's label on axes and in tables
 ABLATIONS = {
     "ablation-kl-weight": "β (KL weight)",
     "ablation-kl-floor": "λ (free bits, nats/dim)",
     "ablation-latent-dropout": "latent dropout p",
     "ablation-latent-dim": "latent size D",
 }
+SYMBOLS = {"ablation-kl-weight": "β", "ablation-kl-floor": "λ", "ablation-latent-dropout": "p",
+           "ablation-latent-dim": "D"}
 TABLE_METRICS = {
     "valid.neg_elbo": "-ELBO", "valid.rec": "Rec", "valid.kl": "KL", "valid.mi": "MI", "valid.au": "AU",
     "valid.iw_nll": "IW-NLL", "valid.ppl": "PPL", "valid.lm_nll": "NLL (z masked)",
@@ -86,7 +88,7 @@ def ablation_report(experiment: str, *, where: dict[str, Path] | None = None) ->
     label_column = next((c for c in ("sentiment", "position") if c in res["posterior_means"]), None)
     if label_column:
         figures["posterior"] = plots.posterior_means(res["posterior_means"], runs, experiment, label=label_column,
-                                                     factor_label=label)
+                                                     symbol=SYMBOLS[experiment])
     pngs = [plots.save(fig, f"{name}_{kind}", where["figures"])[0] for kind, fig in figures.items()]
     return table, pngs
 
