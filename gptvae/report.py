@@ -48,7 +48,8 @@ def write_text(path: Path, text: str) -> Path:
 
 def ablation_table(runs: pd.DataFrame, experiment: str) -> str:
     metrics = {k: v for k, v in TABLE_METRICS.items() if k in runs and runs.loc[runs.experiment == experiment, k].notna().any()}
-    table = format_table(summarize(runs, experiment, list(metrics)), metrics, factor_label=ABLATIONS[experiment])
+    table = format_table(summarize(runs, experiment, list(metrics)), metrics, factor_label=ABLATIONS[experiment],
+                         digits={"valid.au": 1, "valid.ppl": 1})
     ids = runs[runs.experiment == experiment].run_id
     return table + f"\nMLflow runs: {len(ids)} (listed in the appendix). Nats per sequence unless marked.\n"
 
@@ -174,7 +175,8 @@ def render_paper(source: Path, out_dir: Path, *, where: dict[str, Path] | None =
     where = where or paths()
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = PaperContext(where, out_dir)
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
+                             lstrip_blocks=True)
     template = env.from_string(source.read_text())
     body = template.render(table=ctx.table, figure=ctx.figure, value=ctx.value, seeds=ctx.seeds, has=ctx.has,
                            count=ctx.count)

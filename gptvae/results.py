@@ -162,8 +162,10 @@ def summarize(runs: pd.DataFrame, experiment: str, metrics: list[str]) -> pd.Dat
     return table
 
 
-def format_table(summary: pd.DataFrame, metrics: dict[str, str], *, factor_label: str) -> str:
-    """A Markdown table of `mean ± std` cells (n seeds in the header), metric -> column label."""
+def format_table(summary: pd.DataFrame, metrics: dict[str, str], *, factor_label: str,
+                 digits: dict[str, int] | None = None) -> str:
+    """A Markdown table of `mean ± std` cells, metric -> column label; `digits` per metric (default 3)."""
+    digits = digits or {}
     counts = {int(c) for m in metrics for c in summary[(m, "count")] if c > 0}
     n = "/".join(str(c) for c in sorted(counts))
     header = [factor_label, *metrics.values()]
@@ -172,7 +174,7 @@ def format_table(summary: pd.DataFrame, metrics: dict[str, str], *, factor_label
         label = "LM baseline" if kind == "lm" else f"{value:g}"
         cells = []
         for m in metrics:
-            mean, std = row[(m, "mean")], row[(m, "std")]
-            cells.append("–" if pd.isna(mean) else f"{mean:.3f}" + ("" if pd.isna(std) else f" ± {std:.3f}"))
+            mean, std, d = row[(m, "mean")], row[(m, "std")], digits.get(m, 3)
+            cells.append("–" if pd.isna(mean) else f"{mean:.{d}f}" + ("" if pd.isna(std) else f" ± {std:.{d}f}"))
         lines.append("| " + " | ".join([label, *cells]) + " |")
     return "\n".join(lines) + f"\n\nmean ± std over seeds (n = {n})\n"
