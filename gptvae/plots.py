@@ -65,6 +65,8 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
         if base is not None and key not in LATENT_ONLY:
             ax.axhline(base, color="0.4", linestyle="--", linewidth=1, label="LM baseline")
         _x_axis(ax, at, factor_label)
+        if key.endswith("ppl") and stats["mean"].min() > 0 and stats["mean"].max() / stats["mean"].min() > 20:
+            ax.set_yscale("log")   # a collapsed bound can put PPL orders of magnitude above the rest
         ax.set_ylabel(METRICS.get(key, key))
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
