@@ -23,7 +23,7 @@ FIGURES      ?= paper/figures/$(PRESET)
 TABLES       ?= paper/tables/$(PRESET)
 NOTEBOOKS    := $(sort $(wildcard analysis/*.py))
 
-SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) --dataset $(DATASET) --seeds $(SEEDS) --jobs $(JOBS)
+SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) --dataset $(DATASET) --seeds "$(SEEDS)" --jobs $(JOBS)
 
 .DEFAULT_GOAL := help
 .PHONY: help env test bench data ablation-kl-weight ablation-kl-floor ablation-latent-dropout \
