@@ -3,7 +3,8 @@
 `export_results` writes what the notebooks and the paper need into one folder, every row carrying its
 MLflow run id, so that every number can be traced back to the run that produced it:
 
-    runs.csv             one row per finished child run: factor, value, seed, final metrics
+    runs.csv             one row per finished child run: factor, value, seed, final metrics; a setting
+                         that two sweeps share cites the one run that trained it (`trained_in`)
     history.csv          training and validation curves
     posterior_means.csv  2-D PCA of posterior means on validation sequences, with their labels
     samples.csv          decoded samples: prior, reconstructions, interpolation, no latent
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gptvae.tracking import TAG_HASH, TAG_KIND, TAG_PARENT, TAG_SEED, Tracker
+from gptvae.tracking import TAG_HASH, TAG_KIND, TAG_PARENT, TAG_SAME_AS, TAG_SEED, Tracker
 
 FILES = ("runs.csv", "history.csv", "posterior_means.csv", "samples.csv")
 CURVES = ("train/loss", "train/kl", "train/rec_per_token", "val/neg_elbo", "val/rec", "val/kl", "val/au",
@@ -43,13 +44,15 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
     """One row per FINISHED child run of every ablation-* experiment (optionally one preset/dataset)."""
     client = tracker.client
     rows = []
-    for exp in tracker.call(client.search_experiments):
+    experiments = tracker.call(client.search_experiments)
+    names = {exp.experiment_id: exp.name for exp in experiments}
+    for exp in experiments:
         if not exp.name.startswith("ablation-"):
             continue
         runs = tracker.call(client.search_runs, [exp.experiment_id], max_results=5000)
         parents = {r.info.run_id: r for r in runs if TAG_PARENT not in r.data.tags}
         for run in runs:
-            tags, params = run.data.tags, run.data.params
+            tags = run.data.tags
             parent = parents.get(tags.get(TAG_PARENT))
             if parent is None or run.info.status != "FINISHED":
                 continue
@@ -58,15 +61,19 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
                 continue
             factor = ptags["gptvae.factor"]
             kind = tags.get(TAG_KIND, "vae")
+            # a linked child stands for the run it reuses: that run's id, numbers and checkpoint
+            source = tracker.run(tags[TAG_SAME_AS]) if TAG_SAME_AS in tags else run
+            params = source.data.params
             rows.append({
                 "experiment": exp.name, "factor": factor,
                 "value": float(params[factor]) if kind == "vae" else np.nan,
                 "kind": kind, "seed": int(tags[TAG_SEED]), "preset": ptags.get("gptvae.preset"),
-                "dataset": ptags.get("gptvae.dataset"), "run_id": run.info.run_id,
+                "dataset": ptags.get("gptvae.dataset"), "run_id": source.info.run_id,
+                "trained_in": names.get(source.info.experiment_id, exp.name),
                 "parent_run_id": parent.info.run_id, "config_hash": tags[TAG_HASH],
-                "checkpoint": tags.get("gptvae.checkpoint", ""),
-                **{k: v for k, v in run.data.params.items() if k.split(".", 1)[0] in ("valid", "test")},
-                **{k: v for k, v in run.data.metrics.items() if not k.startswith(("train/", "val/"))},
+                "checkpoint": source.data.tags.get("gptvae.checkpoint", ""),
+                **{k: v for k, v in params.items() if k.split(".", 1)[0] in ("valid", "test")},
+                **{k: v for k, v in source.data.metrics.items() if not k.startswith(("train/", "val/"))},
             })
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -108,7 +115,7 @@ def collect_from_checkpoints(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
 
     first_seed = runs[runs.seed == runs.groupby(["experiment", "kind", "value"], dropna=False).seed.transform("min")]
     means, samples = [], []
-    for row in first_seed.itertuples():
+    for row in first_seed.drop_duplicates("run_id").itertuples():   # a run shared by two sweeps, once
         model, corpus, cfg, _ = load_run(str(Path(row.checkpoint).parent))
         device = next(model.parameters()).device
         for section, text in decode_samples(model, corpus, cfg, device=device):
@@ -136,7 +143,7 @@ def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, prese
         raise ResultsMissingError(f"the store {tracker.uri} has no finished ablation runs"
                                   f"{f' for preset {preset}' if preset else ''}: run a sweep first, "
                                   "e.g. `make ablation-kl-floor`")
-    history = collect_history(tracker, runs.run_id)
+    history = collect_history(tracker, runs.run_id.unique())
     means, samples = collect_from_checkpoints(runs)
     frames = dict(zip(FILES, (runs.drop(columns=["checkpoint"]), history, means, samples)))
     for name, frame in frames.items():

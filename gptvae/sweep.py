@@ -3,6 +3,10 @@
 Each setting and seed becomes an MLflow child run under one parent run per (spec, preset, dataset).
 A re-run sweep skips children that finished (found by config hash and seed) and resumes the others
 from their checkpoints, so a sweep can be stopped and continued in pieces.
+
+A setting that another sweep already trained (the same config hash and seed, e.g. beta = 1 in kl-weight
+is lambda = 0 in kl-floor, and every LM row of a preset is one config) is not trained again: its child
+is a link (tag `gptvae.same_as`) to the finished run, and the exported results cite that run's id.
 """
 
 from __future__ import annotations
@@ -11,14 +15,15 @@ import fcntl
 import os
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from gptvae.config import Config, ConfigError, apply_overrides, config_hash, preset
-from gptvae.tracking import TAG_KIND, Tracker, RunLogger
+from gptvae.objective import ObjectiveConfig
+from gptvae.tracking import TAG_KIND, TAG_SAME_AS, Tracker, RunLogger
 
 SUMMARY_KEYS = ("valid.neg_elbo", "valid.rec", "valid.kl", "valid.iw_nll_per_token", "valid.mi", "valid.au",
                 "valid.lm_nll_per_token", "time.train_seconds", "time.eval_seconds")
@@ -72,7 +77,9 @@ def plan_runs(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
             cfg = apply_overrides(base, {spec.factor: value, "train.seed": seed}).validate()
             runs.append(PlannedRun(f"{short}={value} seed={seed}", "vae", value, cfg))
         if spec.baseline:
-            cfg = apply_overrides(base, {"model.kind": "lm", "train.seed": seed}).validate()
+            # the LM has no latent, so the objective's knobs do not touch it: one config per preset
+            cfg = replace(apply_overrides(base, {"model.kind": "lm", "train.seed": seed}),
+                          objective=ObjectiveConfig()).validate()
             runs.append(PlannedRun(f"LM baseline seed={seed}", "lm", None, cfg))
     return runs
 
@@ -91,6 +98,11 @@ def execute(run: PlannedRun, *, experiment: str, parent_id: str | None, runs_roo
     row = {"name": run.name, "kind": run.kind, "value": run.value, "seed": cfg.train.seed, "run_id": run_id}
     if status == "FINISHED":
         return {**row, "status": "skipped (finished)", **_final_metrics(tracker, run_id)}
+    twin = tracker.finished_twin(config_hash=config_hash(cfg), seed=cfg.train.seed, exclude_run=run_id)
+    if twin is not None:
+        tracker.set_tags(run_id, {TAG_SAME_AS: twin.info.run_id})
+        tracker.set_status(run_id, "FINISHED")
+        return {**row, "status": f"reused {twin.info.run_id[:8]}", **_final_metrics(tracker, run_id)}
 
     run_dir = run_dir_for(runs_root, experiment, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +128,7 @@ def execute(run: PlannedRun, *, experiment: str, parent_id: str | None, runs_roo
 
 
 def _final_metrics(tracker: Tracker, run_id: str) -> dict:
-    metrics = tracker.run(run_id).data.metrics
+    metrics = tracker.resolve(run_id).data.metrics
     return {k: metrics.get(k) for k in SUMMARY_KEYS}
 
 

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 DEFAULT_URI = "sqlite:///mlflow.db"
 TAG_HASH, TAG_SEED, TAG_SWEEP, TAG_KIND = "gptvae.config_hash", "gptvae.seed", "gptvae.sweep_key", "gptvae.kind"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_SAME_AS = "gptvae.same_as"   # a child that reuses a finished run of the same config and seed, trained elsewhere
 
 
 class TrackingError(RuntimeError):
@@ -144,6 +145,24 @@ class Tracker:
             return run.info.run_id, run.info.status
 
         return self.call(find_or_create)
+
+    def finished_twin(self, *, config_hash: str, seed: int, exclude_run: str | None = None):
+        """A FINISHED run of this config and seed in any experiment that was trained, not linked (or None)."""
+        def search():
+            ids = [e.experiment_id for e in self.client.search_experiments()]
+            query = (f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_SEED}` = '{seed}' "
+                     "and attributes.status = 'FINISHED'")
+            return self.client.search_runs(ids, filter_string=query, max_results=100,
+                                           order_by=["attributes.start_time ASC"])
+
+        return next((r for r in self.call(search)
+                     if TAG_SAME_AS not in r.data.tags and r.info.run_id != exclude_run), None)
+
+    def resolve(self, run_id: str):
+        """The run whose numbers a child stands for: itself, or the trained run it links to."""
+        run = self.run(run_id)
+        source = run.data.tags.get(TAG_SAME_AS)
+        return self.run(source) if source else run
 
     def set_status(self, run_id: str, status: str) -> None:
         if status == "RUNNING":

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gptvae.cli import main
-from gptvae.config import ConfigError, apply_overrides, preset
+from gptvae.config import ConfigError, apply_overrides, config_hash, preset
 from gptvae.sweep import load_spec, plan_runs, run_sweep
 from gptvae.tracking import Tracker, TrackingError
 
@@ -34,6 +34,14 @@ def test_shipped_specs_plan_their_grid_plus_the_lm_row(spec):
     assert {r.cfg.data.dataset for r in runs} == {"yelp"}
     factor_values = {apply_overrides(preset("cpu"), {}).flat()[s.factor]} | set(s.values)
     assert {r.cfg.flat()[s.factor] for r in runs if r.kind == "vae"} <= factor_values
+
+
+def test_every_shipped_spec_shares_one_lm_row_per_seed():
+    """The LM has no latent, so no objective knob of a spec's base may make its row another config."""
+    specs = [load_spec(p) for p in sorted((ROOT / "experiments").glob("*.toml"))]
+    lm = {config_hash(r.cfg) for s in specs for r in plan_runs(s, preset_name="cpu", dataset=None, seeds=[0])
+          if r.kind == "lm"}
+    assert len(specs) == 4 and len(lm) == 1
 
 
 def test_sweep_logs_parent_children_curves_and_skips_on_rerun(tmp_path):
@@ -118,3 +126,39 @@ def test_config_type_errors_from_specs(tmp_path):
     bad.write_text('name = "bad"\nfactor = "model.dim_latent"\nvalues = ["many"]\n')
     with pytest.raises(ConfigError, match="expected an integer"):
         load_spec(bad)
+
+
+def test_a_setting_another_sweep_trained_is_linked_not_retrained(tmp_path):
+    """beta = 1 in a kl-weight sweep is lambda = 0 in a kl-floor sweep, and the LM row is shared."""
+    from gptvae.results import collect_history, collect_runs
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    common = dict(preset_name="smoke", dataset=None, seeds=[0], runs_root=tmp_path / "runs", tracker=tracker,
+                  progress=False)
+    floor = run_sweep(load_spec(write_spec(tmp_path, "floor", [0.0, 0.5])), overrides=FAST, **common)
+    weight_spec = tmp_path / "weight.toml"
+    weight_spec.write_text('name = "weight"\nfactor = "objective.beta"\nvalues = [0.5, 1.0]\n')
+    weight = run_sweep(load_spec(weight_spec), overrides=FAST, **common)
+    by_name = {r["name"]: r for r in floor + weight}
+    assert [r["status"][:6] for r in weight] == ["traine", "reused", "reused"]
+    assert by_name["beta=1.0 seed=0"]["status"] == f"reused {by_name['free_bits=0.0 seed=0']['run_id'][:8]}"
+    assert by_name["beta=1.0 seed=0"]["valid.kl"] == by_name["free_bits=0.0 seed=0"]["valid.kl"]
+
+    client = MlflowClient(tracker.uri)
+    link = client.get_run(by_name["beta=1.0 seed=0"]["run_id"])
+    assert link.info.status == "FINISHED" and link.data.metrics == {}    # nothing logged twice
+    assert link.data.tags["gptvae.same_as"] == by_name["free_bits=0.0 seed=0"]["run_id"]
+
+    runs = collect_runs(tracker, preset="smoke")
+    weight_rows = runs[runs.experiment == "ablation-weight"].set_index("value", drop=False)
+    assert weight_rows.loc[1.0, "run_id"] == by_name["free_bits=0.0 seed=0"]["run_id"]
+    assert weight_rows.loc[1.0, "trained_in"] == "ablation-floor"
+    assert weight_rows.loc[0.5, "trained_in"] == "ablation-weight"
+    lm = runs[runs.kind == "lm"]
+    assert len(lm) == 2 and lm.run_id.nunique() == 1
+    history = collect_history(tracker, runs.run_id.unique())
+    assert not history.duplicated(["run_id", "key", "step"]).any()
+
+    again = run_sweep(load_spec(weight_spec), overrides=FAST, **common)
+    assert [r["status"] for r in again] == ["skipped (finished)"] * 3
+    assert again[1]["valid.kl"] == by_name["free_bits=0.0 seed=0"]["valid.kl"]
