@@ -158,7 +158,7 @@ def save(fig, name: str, folder: str | Path) -> list[Path]:
 
 def overview(runs: pd.DataFrame):
     """MI against KL for every VAE run of every ablation: MI <= KL, and collapse sits at the origin."""
-    vae = runs[runs.kind == "vae"]
+    vae = runs[runs.kind == "vae"].drop_duplicates("run_id")   # a run two sweeps share is one point
     fig, ax = plt.subplots(figsize=(5.6, 4.4))
     for experiment, group in vae.groupby("experiment", sort=True):
         ax.scatter(group["valid.kl"], group["valid.mi"], label=experiment.removeprefix("ablation-"), s=22, alpha=0.8)

@@ -158,11 +158,11 @@ class PaperContext:
     def appendix(self) -> str:
         lines = []
         for experiment in sorted(self.cited):
-            runs = self.runs[self.runs.run_id.isin(self.cited[experiment])]
-            lines += [f"### {experiment}", "", "| setting | seed | MLflow run id |", "|---|---|---|"]
+            runs = self.runs[(self.runs.experiment == experiment) & self.runs.run_id.isin(self.cited[experiment])]
+            lines += [f"### {experiment}", "", "| setting | seed | MLflow run id | trained in |", "|---|---|---|---|"]
             for row in runs.itertuples():
-                setting = "LM baseline" if row.kind == "lm" else f"{ABLATIONS[experiment]} = {row.value:g}"
-                lines.append(f"| {setting} | {row.seed} | `{row.run_id}` |")
+                setting = "LM baseline" if row.kind == "lm" else f"{SYMBOLS[experiment]} = {row.value:g}"
+                lines.append(f"| {setting} | {row.seed} | `{row.run_id}` | {row.trained_in} |")
             lines.append("")
         return "\n".join(lines)
 

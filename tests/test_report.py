@@ -96,3 +96,26 @@ def test_an_ablation_not_run_yet_says_what_to_run(exported):
     where, _, _ = exported
     table, pngs = ablation_report("ablation-latent-dim", where=where)
     assert pngs == [] and "make ablation-latent-dim" in table
+
+
+def test_appendix_lists_a_shared_run_under_each_ablation_with_its_own_setting(tmp_path):
+    """beta = 1 (kl-weight) and lambda = 0 (kl-floor) are one run: each section names its own setting."""
+    import pandas as pd
+
+    from gptvae.report import PaperContext
+
+    rows = [("ablation-kl-floor", 0.0, "shared", "ablation-kl-floor"), ("ablation-kl-floor", 0.5, "floor", "ablation-kl-floor"),
+            ("ablation-kl-weight", 1.0, "shared", "ablation-kl-floor"), ("ablation-kl-weight", 0.5, "weight", "ablation-kl-weight")]
+    runs = pd.DataFrame([{"experiment": e, "kind": "vae", "value": v, "seed": 0, "run_id": r, "trained_in": t,
+                          "valid.kl": float(i)} for i, (e, v, r, t) in enumerate(rows)])
+    where = {"results": tmp_path, "figures": tmp_path, "tables": tmp_path}
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    for name in FILES[1:]:
+        pd.DataFrame({"run_id": []}).to_csv(tmp_path / name, index=False)
+    ctx = PaperContext(where, tmp_path)
+    assert ctx.value("ablation-kl-weight", "valid.kl", 1.0) == "2.00"
+    ctx.value("ablation-kl-floor", "valid.kl", 0.5)
+    sections = {s.split("\n", 1)[0]: s for s in ctx.appendix().split("### ")[1:]}
+    assert sections["ablation-kl-weight"].count("`shared`") == 1
+    assert "| β = 1 | 0 | `shared` | ablation-kl-floor |" in sections["ablation-kl-weight"]
+    assert "`floor`" in sections["ablation-kl-floor"] and "shared" not in sections["ablation-kl-floor"]
