@@ -98,7 +98,7 @@ def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str):
 
 def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, factor_label: str,
                     keys=("val/kl", "val/au")):
-    """Validation KL and active units over training, one line per setting (mean over seeds)."""
+    """Validation KL and active units over training, one line per setting (mean over seeds, ± std band)."""
     vae = runs[(runs.experiment == experiment) & (runs.kind == "vae")][["run_id", "value"]]
     curves = history.merge(vae.rename(columns={"value": "setting"}), on="run_id")
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False)
@@ -108,8 +108,12 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
     for ax, key in zip(axes.flat, keys):
         for i, value in enumerate(values):
             points = curves[(curves.key == key) & (curves.setting == value)]
-            mean = points.groupby("step")["value"].mean()
-            ax.plot(mean.index, mean.values, color=cmap(i / max(1, len(values) - 1)), label=f"{value:g}")
+            stats = points.groupby("step")["value"].agg(["mean", "std"])
+            colour = cmap(i / max(1, len(values) - 1))
+            ax.plot(stats.index, stats["mean"], color=colour, label=f"{value:g}")
+            if stats["std"].notna().any():   # seeds as a band of ± one std
+                ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                                color=colour, alpha=0.2, linewidth=0)
         ax.set_xlabel("training step")
         ax.set_ylabel(labels.get(key, key))
     axes.flat[-1].legend(title=factor_label, loc="best", ncol=2)
