@@ -117,7 +117,9 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
         ax.set_xlabel("training step")
         ax.set_ylabel(labels.get(key, key))
     axes.flat[-1].legend(title=factor_label, loc="best", ncol=2)
-    fig.suptitle(f"{experiment}: collapse or use of the latent during training")
+    seeds = runs.loc[runs.experiment == experiment, "seed"].nunique()
+    fig.suptitle(f"{experiment}: collapse or use of the latent during training (mean ± std over {seeds} "
+                 f"seed{'s' * (seeds > 1)})")
     fig.tight_layout()
     return fig
 
