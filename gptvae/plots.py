@@ -173,7 +173,9 @@ def overview(runs: pd.DataFrame):
     if "valid.mi_samples" in vae:
         log_n = np.log(vae["valid.mi_samples"].max())
         ax.axhline(log_n, color="0.5", linestyle="--", linewidth=1, label=f"log N (N = {int(np.exp(log_n) + 0.5)})")
-    ax.set_xlabel("KL (nats/sequence)")
+    if top > 20:   # an unregularised autoencoder (beta = 0) would squeeze every other run into a corner
+        ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("KL (nats/sequence)" + (", symlog scale" if top > 20 else ""))
     ax.set_ylabel("MI (nats)")
     ax.set_title("Mutual information against rate, all runs")
     ax.legend(loc="best")
