@@ -169,12 +169,15 @@ def overview(runs: pd.DataFrame):
     for experiment, group in vae.groupby("experiment", sort=True):
         ax.scatter(group["valid.kl"], group["valid.mi"], label=experiment.removeprefix("ablation-"), s=22, alpha=0.8)
     top = float(np.nanmax(vae[["valid.kl", "valid.mi"]].to_numpy())) if len(vae) else 1.0
-    ax.plot([0, top], [0, top], color="0.5", linestyle=":", linewidth=1, label="MI = KL")
+    ceiling = float(np.nanmax(vae["valid.mi"])) + 1 if len(vae) else 1.0   # the diagonal only where MI can be
+    diagonal = np.linspace(0, ceiling, 200)
+    ax.plot(diagonal, diagonal, color="0.5", linestyle=":", linewidth=1, label="MI = KL")
     if "valid.mi_samples" in vae:
         log_n = np.log(vae["valid.mi_samples"].max())
         ax.axhline(log_n, color="0.5", linestyle="--", linewidth=1, label=f"log N (N = {int(np.exp(log_n) + 0.5)})")
     if top > 20:   # an unregularised autoencoder (beta = 0) would squeeze every other run into a corner
         ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0)
     ax.set_xlabel("KL (nats/sequence)" + (", symlog scale" if top > 20 else ""))
     ax.set_ylabel("MI (nats)")
     ax.set_title("Mutual information against rate, all runs")
