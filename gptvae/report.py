@@ -145,6 +145,14 @@ class PaperContext:
         mean, std = rows[metric].mean(), rows[metric].std()
         return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
 
+    def has_value(self, experiment: str, metric: str, setting=None) -> bool:
+        """Whether value() has a number here, e.g. a test-split metric only some runs were evaluated on."""
+        try:
+            self.value(experiment, metric, setting)
+        except KeyError:
+            return False
+        return True
+
     def has(self, experiment: str) -> bool:
         return bool((self.runs.experiment == experiment).any())
 
@@ -179,7 +187,7 @@ def render_paper(source: Path, out_dir: Path, *, where: dict[str, Path] | None =
                              lstrip_blocks=True)
     template = env.from_string(source.read_text())
     body = template.render(table=ctx.table, figure=ctx.figure, value=ctx.value, seeds=ctx.seeds, has=ctx.has,
-                           count=ctx.count)
+                           has_value=ctx.has_value, count=ctx.count)
     text = body.replace(APPENDIX_MARK, ctx.appendix())   # after rendering: only then are all citations known
     md_path = write_text(out_dir / "paper.md", text)
     html = markdown.markdown(text, extensions=["tables", "toc", "fenced_code"])
