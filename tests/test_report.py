@@ -119,3 +119,21 @@ def test_appendix_lists_a_shared_run_under_each_ablation_with_its_own_setting(tm
     assert sections["ablation-kl-weight"].count("`shared`") == 1
     assert "| β = 1 | 0 | `shared` | ablation-kl-floor |" in sections["ablation-kl-weight"]
     assert "`floor`" in sections["ablation-kl-floor"] and "shared" not in sections["ablation-kl-floor"]
+
+
+@pytest.mark.corpus
+def test_paper_renders_from_runs_never_evaluated_on_the_test_split(exported, tmp_path):
+    """A smoke store evaluates only the validation split: the paper leaves the test-split paragraph out."""
+    import shutil
+
+    import pandas as pd
+
+    where, _, _ = exported
+    render_paper(ROOT / "paper" / "paper.md", tmp_path / "with", where=where)   # tables and figures exist
+    results = tmp_path / "results"
+    shutil.copytree(where["results"], results)
+    runs = pd.read_csv(results / "runs.csv")
+    runs.drop(columns=[c for c in runs if c.startswith("test.")]).to_csv(results / "runs.csv", index=False)
+    md, _ = render_paper(ROOT / "paper" / "paper.md", tmp_path / "without", where={**where, "results": results})
+    assert "On the whole test split" not in md.read_text()
+    assert "On the whole test split" in (tmp_path / "with" / "paper.md").read_text()
