@@ -102,7 +102,7 @@ def execute(run: PlannedRun, *, experiment: str, parent_id: str | None, runs_roo
     if twin is not None:
         tracker.set_tags(run_id, {TAG_SAME_AS: twin.info.run_id})
         tracker.set_status(run_id, "FINISHED")
-        return {**row, "status": f"reused {twin.info.run_id[:8]}", **_final_metrics(tracker, run_id)}
+        return {**row, "status": f"reused {twin.info.run_id[:8]}", **{k: twin.data.metrics.get(k) for k in SUMMARY_KEYS}}
 
     run_dir = run_dir_for(runs_root, experiment, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
