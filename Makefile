@@ -14,23 +14,32 @@ PRESET       ?= cpu
 DATASET      ?= yelp
 SEEDS        ?= 0
 JOBS         ?= 1
+EXECUTOR     ?=
+SET          ?=
+PLAN         ?=
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export MLFLOW_TRACKING_URI
+
+# one ablation per spec: experiments/kl_floor.toml is `make ablation-kl-floor`
+EXPERIMENTS  ?= experiments
+SPECS        := $(sort $(wildcard $(EXPERIMENTS)/*.toml))
+ABLATIONS    := $(foreach spec,$(SPECS),ablation-$(subst _,-,$(basename $(notdir $(spec)))))
 
 # exported results, figures and tables live per preset, so a smoke run never overwrites the paper's
 RESULTS      ?= paper/results/$(PRESET)
 FIGURES      ?= paper/figures/$(PRESET)
 TABLES       ?= paper/tables/$(PRESET)
-NOTEBOOKS    := $(sort $(wildcard analysis/*.py))
+NOTEBOOKS    ?= analysis/executed/$(PRESET)
 
-SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) --dataset $(DATASET) --seeds "$(SEEDS)" --jobs $(JOBS)
+SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) --dataset $(DATASET) --seeds "$(SEEDS)" --jobs $(JOBS) \
+        $(if $(EXECUTOR),--executor $(EXECUTOR)) $(foreach item,$(SET),--set $(item)) $(if $(PLAN),--plan)
 
 .DEFAULT_GOAL := help
-.PHONY: help env test bench data ablation-kl-weight ablation-kl-floor ablation-latent-dropout \
-        ablation-latent-dim ablations mlflow-ui results figures paper clean
+.PHONY: help env test bench data ablations mlflow-ui results figures paper clean
 
 help:  ## list the targets
-	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 26
+	@grep -E '^[a-z][a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 26
+	@echo "ablations here: $(ABLATIONS)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,19 +59,10 @@ bench: $(STAMP)  ## benchmarks: print speed ratios (not tests)
 data: $(STAMP)  ## describe a dataset: splits, vocabulary, token counts (DATASET=...)
 	$(PY) -m gptvae data $(DATASET)
 
-ablation-kl-weight: $(STAMP)  ## sweep the KL weight beta (PRESET, DATASET, SEEDS, JOBS)
-	$(SWEEP) experiments/kl_weight.toml
+ablation-%: $(STAMP)  ## sweep experiments/<name>.toml (PRESET DATASET SEEDS JOBS EXECUTOR SET="k=v ..." PLAN=1)
+	$(SWEEP) $(EXPERIMENTS)/$(subst -,_,$*).toml
 
-ablation-kl-floor: $(STAMP)  ## sweep the free-bits floor lambda
-	$(SWEEP) experiments/kl_floor.toml
-
-ablation-latent-dropout: $(STAMP)  ## sweep latent dropout
-	$(SWEEP) experiments/latent_dropout.toml
-
-ablation-latent-dim: $(STAMP)  ## sweep the latent size
-	$(SWEEP) experiments/latent_dim.toml
-
-ablations: ablation-kl-weight ablation-kl-floor ablation-latent-dropout ablation-latent-dim  ## all four sweeps
+ablations: $(ABLATIONS)  ## every spec in experiments/, one after another
 
 mlflow-ui: $(STAMP)  ## serve the MLflow UI for the store (MLFLOW_TRACKING_URI, PORT=5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $${PORT:-5000}
@@ -72,12 +72,19 @@ results: $(STAMP)  ## export finished sweeps of PRESET from MLflow into paper/re
 
 figures: $(STAMP)  ## run the notebooks headlessly on the exported results: tables, figures (PNG, PDF)
 	@test -f $(RESULTS)/runs.csv || { echo "error: $(RESULTS)/runs.csv is missing: run \`make results PRESET=$(PRESET)\` first" >&2; exit 2; }
-	@for nb in $(NOTEBOOKS); do \
-	  echo "executing $$nb"; \
-	  PRESET=$(PRESET) GPTVAE_RESULTS=$(abspath $(RESULTS)) GPTVAE_FIGURES=$(abspath $(FIGURES)) \
-	  GPTVAE_TABLES=$(abspath $(TABLES)) $(VENV)/bin/jupytext --to ipynb --execute --quiet $$nb || exit 1; \
-	done
-	@echo "figures in $(FIGURES)/, tables in $(TABLES)/"
+	@mkdir -p $(NOTEBOOKS)
+	$(VENV)/bin/jupytext --quiet --to ipynb -o $(NOTEBOOKS)/ablation.source.ipynb analysis/ablation.py
+	$(VENV)/bin/jupytext --quiet --to ipynb -o $(NOTEBOOKS)/overview.source.ipynb analysis/overview.py
+	@export PRESET=$(PRESET) GPTVAE_RESULTS=$(abspath $(RESULTS)) GPTVAE_FIGURES=$(abspath $(FIGURES)) \
+	    GPTVAE_TABLES=$(abspath $(TABLES)) GPTVAE_EXPERIMENTS=$(abspath $(EXPERIMENTS)); \
+	for name in $(patsubst ablation-%,%,$(ABLATIONS)); do \
+	  echo "executing analysis/ablation.py for $$name"; \
+	  $(VENV)/bin/papermill --log-level WARNING $(NOTEBOOKS)/ablation.source.ipynb \
+	    $(NOTEBOOKS)/ablation-$$name.ipynb -p ablation $$name || exit 1; \
+	done; \
+	echo "executing analysis/overview.py"; \
+	$(VENV)/bin/papermill --log-level WARNING $(NOTEBOOKS)/overview.source.ipynb $(NOTEBOOKS)/overview.ipynb
+	@echo "figures in $(FIGURES)/, tables in $(TABLES)/, executed notebooks in $(NOTEBOOKS)/"
 
 paper: figures  ## build paper/build/<preset>/paper.html from paper/paper.md and the generated tables
 	$(PY) -m gptvae paper --preset $(PRESET)

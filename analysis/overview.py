@@ -14,7 +14,7 @@
 # %% [markdown]
 # # Overview: when is the latent used?
 #
-# All finished runs of the four ablations, read from the exported results. Each row of the exported
+# All finished runs of every ablation, read from the exported results. Each row of the exported
 # files carries its MLflow run id; the paper's appendix lists them.
 
 # %%

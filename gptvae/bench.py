@@ -20,17 +20,10 @@ import time
 
 import torch
 
-from gptvae.metrics import (
-    _log_likelihood,
-    _posterior,
-    diagonal_gaussian_log_prob,
-    importance_weighted_nll,
-    sample_posterior,
-    standard_normal_log_prob,
-)
-
+from gptvae.config import ModelConfig
 from gptvae.data import BOS, EOS, PAD, Vocab, synthetic_sample
-from gptvae.model import GPTVAE, ModelConfig
+from gptvae.families import build_model
+from gptvae.metrics import _log_likelihood, _posterior, importance_weighted_nll
 
 
 def make_tokens(num_sequences: int, *, seed: int) -> tuple[torch.Tensor, int]:
@@ -41,10 +34,10 @@ def make_tokens(num_sequences: int, *, seed: int) -> tuple[torch.Tensor, int]:
     return tokens, len(vocab)
 
 
-def make_model(args, num_tokens: int, max_seq_len: int) -> GPTVAE:
+def make_model(args, num_tokens: int, max_seq_len: int):
     config = ModelConfig(dim=args.dim, depth=args.depth, enc_depth=args.enc_depth, heads=args.heads,
                          attn_dim_head=args.dim_head, dim_latent=args.dim_latent, max_seq_len=max_seq_len)
-    return GPTVAE(config, num_tokens=num_tokens)
+    return build_model(config, num_tokens=num_tokens)
 
 
 # the two ways of computing IW-NLL
@@ -60,19 +53,18 @@ def iw_nll_one_at_a_time(model, tokens, *, num_samples, seed, autocast):
     The z are drawn exactly as the batched path draws them, so the two results must agree.
     """
     generator = torch.Generator().manual_seed(seed)
-    mu_all, logvar_all = _posterior(model, tokens, autocast=autocast)
-    z_all = sample_posterior(mu_all, logvar_all, num_samples, generator=generator)  # (K, N, D)
+    z_all = _posterior(model, tokens, autocast=autocast).sample(num_samples, generator=generator)  # (K, N, D)
 
     out = []
     for i in range(tokens.shape[0]):
         x = tokens[i:i + 1]
-        mu, logvar = _posterior(model, x, autocast=autocast)  # the encoder once per sequence
+        posterior = _posterior(model, x, autocast=autocast).to(torch.float64)  # the encoder once per sequence
         log_w = []
         for k in range(num_samples):
             z = z_all[k, i:i + 1]
             ll = _log_likelihood(model, x, z, autocast=autocast).double()
             z = z.double()
-            log_w.append(ll + standard_normal_log_prob(z) - diagonal_gaussian_log_prob(z, mu.double(), logvar.double()))
+            log_w.append(ll + model.prior.log_prob(z) - posterior.log_prob(z))
         out.append(-(torch.logsumexp(torch.cat(log_w), 0) - math.log(num_samples)))
     return torch.stack(out)
 

@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from gptvae.config import PRESETS, ConfigError, apply_overrides, preset
-from gptvae.data import DATASETS, DataError
+from gptvae.config import DATASETS, PRESETS, ConfigError, apply_overrides, preset
+from gptvae.errors import GptvaeError
+from gptvae.executors import EXECUTORS
 
 EPILOG = """The tracking store is MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current folder.
 Corpora are read from $GPTVAE_DATA_DIR/<name>/, else the user cache, else downloaded (sha256-checked)."""
@@ -38,23 +39,35 @@ def cmd_data(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from gptvae.sweep import PlannedRun, execute
+    from gptvae.run import PlannedRun, RunTask, execute
     from gptvae.tracking import Tracker
 
     cfg = apply_overrides(preset(args.preset, dataset=args.dataset), args.overrides)
     cfg = apply_overrides(cfg, {"train.seed": args.seed}).validate()
     run = PlannedRun(args.name or f"{cfg.model.kind} seed={cfg.train.seed}", cfg.model.kind, None, cfg)
-    row = execute(run, experiment=args.experiment, parent_id=None, runs_root=Path(args.runs_root),
-                  tracker=Tracker(), progress=not args.quiet)
+    tracker = Tracker()
+    row = execute(RunTask(run=run, experiment=args.experiment, parent_id=None, runs_root=args.runs_root,
+                          tracking_uri=tracker.uri, progress=not args.quiet), tracker=tracker)
     print(json.dumps(row, indent=2, default=str))
 
 
 def cmd_sweep(args) -> None:
-    from gptvae.sweep import format_rows, load_spec, run_sweep
+    from gptvae.sweep import format_plan, format_rows, load_spec, plan_runs, plan_status, run_sweep
+    from gptvae.tracking import Tracker, store_exists, tracking_uri
 
     spec = load_spec(args.spec)
-    rows = run_sweep(spec, preset_name=args.preset, dataset=args.dataset, seeds=parse_seeds(args.seeds),
-                     jobs=args.jobs, overrides=args.overrides, runs_root=args.runs_root, progress=not args.quiet)
+    seeds = parse_seeds(args.seeds)
+    if args.plan:
+        runs = plan_runs(spec, preset_name=args.preset, dataset=args.dataset, seeds=seeds, overrides=args.overrides)
+        tracker = Tracker() if store_exists(tracking_uri()) else None   # a store not yet made holds nothing
+        rows = plan_status(runs, experiment=spec.experiment, runs_root=args.runs_root, tracker=tracker)
+        print(f"{spec.experiment} ({args.preset}, {runs[0].cfg.data.dataset}): {len(rows)} planned runs, "
+              f"{sum(r['status'] in ('to train', 'to resume') for r in rows)} to train\n")
+        print(format_plan(rows))
+        return
+    rows = run_sweep(spec, preset_name=args.preset, dataset=args.dataset, seeds=seeds, jobs=args.jobs,
+                     executor=args.executor, overrides=args.overrides, runs_root=args.runs_root,
+                     progress=not args.quiet)
     print(f"\n{spec.experiment}: {len(rows)} runs\n")
     print(format_rows(rows))
 
@@ -112,10 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("sweep", help="train every setting of an experiment spec (experiments/*.toml)",
+                       description="Train every setting and seed of an experiment spec, each as an MLflow child "
+                                   "run under one parent. Finished runs are skipped, interrupted ones resume, and "
+                                   "a setting another sweep already trained is linked, not retrained.",
                        epilog=EPILOG)
     p.add_argument("spec", help="an experiment spec, e.g. experiments/kl_floor.toml")
     add_config_args(p)
     p.add_argument("--seeds", default="0", help="seeds, e.g. '0 1 2' (default: 0)")
+    p.add_argument("--plan", action="store_true",
+                   help="print every planned run (name, seed, config hash) and whether it is finished, a link "
+                        "or still to train; train nothing")
+    p.add_argument("--executor", default=None, choices=sorted(EXECUTORS),
+                   help="how runs are carried out (default: serial for --jobs 1, pool for more)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each with cores/jobs threads")
     p.add_argument("--runs-root", default="runs", help="where checkpoints go (default: runs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -154,10 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from gptvae.results import ResultsMissingError
-    from gptvae.tracking import TrackingError
-    from gptvae.train import CheckpointError, NonFiniteLossError
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:   # the benchmark owns its flags
         from gptvae.bench import main as bench_main
@@ -167,7 +184,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, DataError, CheckpointError, TrackingError, NonFiniteLossError, ResultsMissingError) as err:
+    except GptvaeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,25 +1,112 @@
-"""Run configuration: one dataclass per concern, presets, command-line overrides and a stable hash.
+"""Run configuration: one frozen dataclass per concern, presets, `--set` overrides, and a stable identity.
 
     cfg = preset("cpu", dataset="yelp")
     cfg = apply_overrides(cfg, ["model.dim_latent=16", "objective.free_bits=0.5"])
     config_hash(cfg)   # identifies the setting (everything but the seed) in MLflow and on disk
+
+This module imports neither torch nor x-transformers, so that reading, planning and `--help` stay
+light. Every check raises `ConfigError`, whose message names the key, the value and what is allowed.
+
+Identity. `config_hash` covers every field that existed when identities were frozen (IDENTITY_V1),
+and a field added since only when it differs from its default. Adding a field with a default that
+keeps today's behaviour therefore changes no existing hash, and no finished run is orphaned.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
-from gptvae.data import DATASETS
-from gptvae.model import ModelConfig
-from gptvae.objective import ObjectiveConfig
+from gptvae.errors import ConfigError
+from gptvae.families import FAMILIES, check_family_config
+
+DATASETS = ("synthetic", "yelp", "ptb", "shakespeare")
+SPLITS = ("train", "valid", "test")
+FREE_BITS_MODES = ("per_dim", "batch_dim", "total")
+SCHEDULES = ("constant", "linear", "cyclical", "zero_linear")
+SCALES = ("elbo", "upstream")
 
 
-class ConfigError(ValueError):
-    """A bad preset, override or config value. The message names the value and what is allowed."""
+def require(ok: bool, key: str, value, allowed: str) -> None:
+    """Raise ConfigError naming `key=value` and what is allowed, unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid; allowed: {allowed}")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_fields(section: str, obj, rules: dict[str, tuple]) -> None:
+    """rules: field -> (predicate, allowed). Numbers must be finite before any predicate sees them."""
+    for name, (ok, allowed) in rules.items():
+        value = getattr(obj, name)
+        key = f"{section}.{name}"
+        if isinstance(value, float):
+            require(_finite(value), key, value, f"a finite number, {allowed}")
+        require(ok(value), key, value, allowed)
+
+
+POSITIVE = (lambda v: v >= 1, "an integer >= 1")
+NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+FRACTION = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "vae"            # model family (gptvae.families): "vae" x-transformers' GPTVAE, "lm" its decoder alone
+    dim: int = 256               # width of encoder and decoder
+    depth: int = 4               # decoder layers
+    enc_depth: int = 2           # encoder layers (mean-pooled into q(z|x))
+    heads: int = 4
+    attn_dim_head: int = 64
+    dim_latent: int = 32         # D, the size of z
+    max_seq_len: int = 128       # longest sequence the decoder sees, BOS and EOS included
+    rotary_pos_emb: bool = True  # REFERENCE 1.3: a dropped latent must not shift absolute positions
+    dropout: float = 0.0         # attention and feed-forward dropout
+
+    def validate(self) -> None:
+        require(self.kind in FAMILIES, "model.kind", self.kind, ", ".join(FAMILIES))
+        _check_fields("model", self, {name: POSITIVE for name in ("dim", "depth", "heads", "attn_dim_head",
+                                                                  "max_seq_len")})
+        _check_fields("model", self, {"dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)")})
+        check_family_config(self)   # what only this family needs, e.g. a latent of at least one dimension
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    beta: float = 1.0               # KL weight (the value a schedule rises to)
+    free_bits: float = 0.0          # floor lambda, nats: per dimension, per batch-dimension or in total
+    free_bits_mode: str = "per_dim"  # per_dim | batch_dim | total (REFERENCE 2)
+    latent_dropout: float = 0.0     # probability that a whole sequence is decoded without its latent
+    scale: str = "elbo"             # elbo | upstream (parity with x-transformers only)
+    schedule: str = "constant"      # constant | linear | cyclical | zero_linear
+    beta_start: float = 0.0         # beta0, where linear, cyclical and zero_linear start
+    warmup_steps: int = 0           # linear: steps from beta_start to beta (Bowman et al. 2016)
+    cycles: int = 4                 # cyclical: number of cycles M over training (Fu et al. 2019)
+    cycle_ratio: float = 0.5        # cyclical: fraction R of each cycle spent rising
+    zero_fraction: float = 0.25     # zero_linear: fraction of training at beta = 0 (Optimus)
+    ramp_fraction: float = 0.25     # zero_linear: fraction of training rising to beta afterwards
+
+    def validate(self) -> None:
+        _check_fields("objective", self, {
+            "free_bits_mode": (lambda v: v in FREE_BITS_MODES, ", ".join(FREE_BITS_MODES)),
+            "schedule": (lambda v: v in SCHEDULES, ", ".join(SCHEDULES)),
+            "scale": (lambda v: v in SCALES, ", ".join(SCALES)),
+            "free_bits": (lambda v: v >= 0, "a floor >= 0 nats"),
+            "beta": (lambda v: v >= 0, "a weight >= 0"),
+            "beta_start": (lambda v: v >= 0, "a weight >= 0"),
+            "latent_dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+            "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+            "cycles": POSITIVE,
+            "cycle_ratio": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+            "zero_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+            "ramp_fraction": (lambda v: 0 < v <= 1 - self.zero_fraction, "a fraction in (0, 1 - zero_fraction]"),
+        })
 
 
 @dataclass(frozen=True)
@@ -31,13 +118,11 @@ class DataConfig:
     synthetic_eval: int = 1_000
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"data.dataset={self.dataset!r} is unknown; allowed: {', '.join(DATASETS)}")
-        if self.max_len is not None and self.max_len < 1:
-            raise ConfigError(f"data.max_len={self.max_len} must be >= 1 or None")
-        for name in ("chunk_len", "synthetic_train", "synthetic_eval"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
+        _check_fields("data", self, {
+            "dataset": (lambda v: v in DATASETS, ", ".join(DATASETS)),
+            "max_len": (lambda v: v is None or v >= 1, "an integer >= 1, or none"),
+            "chunk_len": POSITIVE, "synthetic_train": POSITIVE, "synthetic_eval": POSITIVE,
+        })
 
 
 @dataclass(frozen=True)
@@ -49,7 +134,7 @@ class TrainConfig:
     warmup_steps: int = 100          # linear learning-rate warm-up
     weight_decay: float = 0.01       # on matrices only
     grad_clip: float = 1.0           # max global gradient norm; 0 disables
-    seed: int = 0
+    seed: int = 0                    # initialisation, batch order and noise; not part of the identity
     autocast: bool = True            # bf16 autocast where the hardware runs it fast (CUDA, CPU with AMX)
     compile: bool = False            # torch.compile the model (pays off on long runs only)
     log_every: int = 10              # steps between training-metric points
@@ -57,37 +142,33 @@ class TrainConfig:
     val_sequences: int = 2_000       # validation sequences for the periodic curves
 
     def validate(self) -> None:
-        positive = ("steps", "batch_tokens", "log_every", "eval_every", "val_sequences")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr={self.lr} must be > 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
-        for name in ("warmup_steps", "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
+        _check_fields("train", self, {
+            **{name: POSITIVE for name in ("steps", "batch_tokens", "log_every", "eval_every", "val_sequences")},
+            "lr": (lambda v: v > 0, "a learning rate > 0"),
+            "min_lr_ratio": FRACTION,
+            "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+            "weight_decay": NON_NEGATIVE,
+            "grad_clip": (lambda v: v >= 0, "a norm >= 0 (0 disables clipping)"),
+            "seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2^63)"),
+        })
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     iw_samples: int = 500            # K for IW-NLL (He et al. 2019 report K = 500)
     mc_samples: int = 1              # posterior samples for Rec
-    max_sequences: int | None = None  # evaluate on the first N sequences of a split; None = all
+    max_sequences: int | None = None  # evaluate on a fixed random subset of N sequences; None = all
     splits: tuple[str, ...] = ("valid",)  # evaluated at the end of training
-    batch_tokens: int = 8_192
+    batch_tokens: int = 8_192        # padded tokens per evaluation batch (bounds memory)
     num_samples: int = 8             # decoded samples and reconstructions saved as artifacts
 
     def validate(self) -> None:
-        for name in ("iw_samples", "mc_samples", "batch_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 1")
-        if self.max_sequences is not None and self.max_sequences < 2:
-            raise ConfigError(f"eval.max_sequences={self.max_sequences} must be >= 2 or None")
-        bad = [s for s in self.splits if s not in ("train", "valid", "test")]
-        if bad or not self.splits:
-            raise ConfigError(f"eval.splits={self.splits!r} is invalid; allowed: a non-empty subset of train, valid, test")
+        _check_fields("eval", self, {
+            "iw_samples": POSITIVE, "mc_samples": POSITIVE, "batch_tokens": POSITIVE, "num_samples": POSITIVE,
+            "max_sequences": (lambda v: v is None or v >= 2, "an integer >= 2 (MI and AU need two), or none"),
+            "splits": (lambda v: bool(v) and set(v) <= set(SPLITS) and len(set(v)) == len(v),
+                       "a non-empty subset of train, valid, test"),
+        })
 
 
 @dataclass(frozen=True)
@@ -100,12 +181,7 @@ class Config:
 
     def validate(self) -> "Config":
         for section in fields(self):
-            try:
-                getattr(self, section.name).validate()
-            except ConfigError:
-                raise
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
+            getattr(self, section.name).validate()
         return self
 
     def to_dict(self) -> dict:
@@ -146,8 +222,7 @@ PRESETS: dict[str, dict[str, object]] = {
 
 
 def preset(name: str, *, dataset: str | None = None) -> Config:
-    if name not in PRESETS:
-        raise ConfigError(f"preset {name!r} is unknown; allowed: {', '.join(PRESETS)}")
+    require(name in PRESETS, "preset", name, ", ".join(PRESETS))
     cfg = apply_overrides(Config(), PRESETS[name])
     if dataset is not None:
         cfg = apply_overrides(cfg, {"data.dataset": dataset})
@@ -204,17 +279,21 @@ def _coerce(value, annotation, key: str):
     raise ConfigError(f"{key}={value!r} has the wrong type: expected {expected}")
 
 
+def parse_overrides(items) -> dict[str, str]:
+    """['section.field=value', ...] -> {'section.field': 'value'}; a malformed item is one clear error."""
+    pairs = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is malformed: expected section.field=value, e.g. model.dim_latent=16")
+        pairs[key.strip()] = text.strip()
+    return pairs
+
+
 def apply_overrides(cfg: Config, overrides) -> Config:
     """Apply {'section.field': value} or ['section.field=value', ...]. Values are type-checked."""
     if not isinstance(overrides, dict):
-        pairs = {}
-        for item in overrides:
-            key, sep, text = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"--set {item!r} is malformed: expected section.field=value, e.g. model.dim_latent=16")
-            pairs[key.strip()] = text.strip()
-        overrides = pairs
-
+        overrides = parse_overrides(overrides)
     sections = {f.name: f for f in fields(Config)}
     for key, value in overrides.items():
         section, _, name = key.partition(".")
@@ -232,15 +311,52 @@ def config_from_dict(data: dict) -> Config:
     return apply_overrides(Config(), {f"{s}.{k}": v for s, sub in data.items() for k, v in sub.items()})
 
 
+# Every field that existed when identities were frozen (2026-11). These are always hashed, so that the
+# hashes of finished runs never move; a field added later enters the hash only away from its default.
+IDENTITY_V1 = frozenset({
+    "model.kind", "model.dim", "model.depth", "model.enc_depth", "model.heads", "model.attn_dim_head",
+    "model.dim_latent", "model.max_seq_len", "model.rotary_pos_emb", "model.dropout",
+    "objective.beta", "objective.free_bits", "objective.free_bits_mode", "objective.latent_dropout",
+    "objective.scale", "objective.schedule", "objective.beta_start", "objective.warmup_steps",
+    "objective.cycles", "objective.cycle_ratio", "objective.zero_fraction", "objective.ramp_fraction",
+    "data.dataset", "data.max_len", "data.chunk_len", "data.synthetic_train", "data.synthetic_eval",
+    "train.steps", "train.batch_tokens", "train.lr", "train.min_lr_ratio", "train.warmup_steps",
+    "train.weight_decay", "train.grad_clip", "train.autocast", "train.compile", "train.log_every",
+    "train.eval_every", "train.val_sequences",
+    "eval.iw_samples", "eval.mc_samples", "eval.max_sequences", "eval.splits", "eval.batch_tokens",
+    "eval.num_samples",
+})
+NOT_IDENTITY = frozenset({"train.seed"})   # a setting is trained once per seed: the seed is beside the hash
+
+
+def identity(cfg: Config) -> dict[str, dict]:
+    """The fields that identify a setting: IDENTITY_V1 always, later fields only away from their default."""
+    out: dict[str, dict] = {}
+    for section in fields(cfg):
+        sub = getattr(cfg, section.name)
+        kept = {}
+        for f in fields(sub):
+            key, value = f"{section.name}.{f.name}", getattr(sub, f.name)
+            if key in NOT_IDENTITY:
+                continue
+            if key in IDENTITY_V1 or value != _default_of(f):
+                kept[f.name] = value
+        out[section.name] = kept
+    return out
+
+
+def _default_of(f):
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
 def config_hash(cfg: Config) -> str:
-    """Identifies a setting: every field except the seed, canonical JSON, sha256 (12 hex)."""
-    data = cfg.to_dict()
-    data["train"] = {k: v for k, v in data["train"].items() if k != "seed"}
-    blob = json.dumps(data, sort_keys=True, default=list)
+    """Identifies a setting: its identity() as canonical JSON, sha256, 12 hex digits."""
+    blob = json.dumps(identity(cfg), sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "EvalConfig", "ModelConfig", "ObjectiveConfig", "TrainConfig",
-    "PRESETS", "apply_overrides", "config_from_dict", "config_hash", "preset",
+    "DATASETS", "SPLITS", "FREE_BITS_MODES", "SCHEDULES", "SCALES", "PRESETS",
+    "apply_overrides", "config_from_dict", "config_hash", "identity", "parse_overrides", "preset", "require",
 ]

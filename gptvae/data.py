@@ -31,17 +31,18 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from gptvae.config import DATASETS, SPLITS
+from gptvae.errors import DataError
+
 __all__ = [
     "PAD", "BOS", "EOS", "UNK", "SPECIALS", "DATASETS", "SPLITS", "CHECKSUMS", "SOURCES",
     "DataError", "Vocab", "Split", "Corpus",
-    "load_corpus", "read_split", "batch_plan", "collate",
+    "load_corpus", "load_data", "read_split", "batch_plan", "collate", "subset",
     "synthetic_sample", "synthetic_exact_nll", "resolve_file", "describe",
 ]
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-DATASETS = ("synthetic", "yelp", "ptb", "shakespeare")
-SPLITS = ("train", "valid", "test")
 
 # sha256 of every raw file (REFERENCE.md section 4). Files found locally are checked too, not only downloads.
 CHECKSUMS: dict[str, dict[str, str]] = {
@@ -68,6 +69,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "shakespeare": ("karpathy/char-rnn", "data/tinyshakespeare"),
 }
 
+VALIDATION_SEED = 1234   # the fixed subsets (validation curves, final evaluation, probes) every run is measured on
+
 YELP_FILES = ("sentiment.dev.0", "sentiment.dev.1", "sentiment.test.0", "sentiment.test.1")
 YELP_MIN_COUNT = 5
 
@@ -79,8 +82,6 @@ SYN_TEXT_LEN = 2 + SYN_WIDTH  # "L>" + 64 chars
 SYN_SYMBOLS = (*SYN_LETTERS, ">", "_", "!")
 
 
-class DataError(ValueError):
-    """A dataset problem the user can fix: bad name, missing or corrupt file, bad argument."""
 
 
 # helpers
@@ -485,6 +486,20 @@ def _load_corpus(name: str, *, data_dir, seed: int, synthetic_sizes, chunk_len: 
     if exists(max_len):
         raw = {s: _drop_long(r, max_len) for s, r in raw.items()}
     return Corpus(name=name, vocab=vocab, splits={s: _encode_split(vocab, *raw[s]) for s in SPLITS})
+
+
+def load_data(config) -> Corpus:
+    """The corpus a run's DataConfig describes."""
+    return load_corpus(config.dataset, max_len=config.max_len, chunk_len=config.chunk_len,
+                       synthetic_sizes=(config.synthetic_train, config.synthetic_eval, config.synthetic_eval))
+
+
+def subset(split: Split, n: int | None, *, seed: int) -> Split:
+    """A fixed random subset of n sequences, in their original order (all of them when n is None or too large)."""
+    if n is None or n >= len(split):
+        return split
+    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return Split([split.sequences[i] for i in index.tolist()], {k: v[index] for k, v in split.labels.items()})
 
 
 # batching

@@ -1,18 +1,87 @@
-"""Going back to a logged run: rebuild its model from the checkpoint, re-evaluate it, decode from it."""
+"""Evaluating a trained model: the final metrics, decoded examples, posterior means; and going back
+to a logged run to re-evaluate it or decode from it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from gptvae.config import apply_overrides, config_from_dict
-from gptvae.data import BOS, EOS
-from gptvae.model import build_model
-from gptvae.train import (CHECKPOINT, autocast_context, bf16_is_fast, final_evaluation,
-                          load_checkpoint, load_data, pick_device)
-from gptvae.tracking import Tracker, TrackingError
+from gptvae.config import Config, apply_overrides, config_from_dict
+from gptvae.data import BOS, EOS, VALIDATION_SEED, Corpus, collate, load_data, subset
+from gptvae.device import autocast_context, bf16_is_fast, model_device, pick_device
+from gptvae.families import build_model
+from gptvae.files import CHECKPOINT, load_checkpoint
+from gptvae.metrics import evaluate, posteriors
+from gptvae.tracking import TAG_CHECKPOINT, Tracker, TrackingError
 
+PROBE_SEQUENCES = 5_000     # training sequences the linear probes are fit on
+POSTERIOR_POINTS = 500      # validation sequences whose posterior means a run keeps
+COUNT_KEYS = ("iw_samples", "mi_samples", "n_sequences", "mc_samples")   # logged as params, not metrics
+
+
+def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, progress: bool = False) -> dict:
+    """REFERENCE 3 metrics on each configured split, as {"valid.iw_nll": ..., "valid.iw_samples": K, ...}."""
+    out = {}
+    probe = subset(corpus.splits["train"], PROBE_SEQUENCES, seed=VALIDATION_SEED)
+    for name in cfg.eval.splits:
+        split = subset(corpus.splits[name], cfg.eval.max_sequences, seed=VALIDATION_SEED)
+        result = evaluate(model, split, iw_samples=cfg.eval.iw_samples, mc_samples=cfg.eval.mc_samples,
+                          max_tokens=cfg.eval.batch_tokens, seed=cfg.train.seed,
+                          probe_split=probe if split.labels else None, autocast=autocast, progress=progress)
+        out.update({f"{name}.{k}": v for k, v in result.items()})   # counts stay ints
+    return out
+
+
+@torch.no_grad()
+def decode_examples(model, corpus: Corpus, cfg: Config) -> list[tuple[str, str]]:
+    """(section, text) pairs of what the model's family shows: prior samples, reconstructions, ...
+
+    Seeded by train.seed, so a checkpoint always decodes to the same texts.
+    """
+    vocab, n = corpus.vocab, cfg.eval.num_samples
+    reference = subset(corpus.splits["valid"], n, seed=VALIDATION_SEED)
+    x = collate(reference, torch.arange(len(reference))).to(model_device(model))
+    torch.manual_seed(cfg.train.seed)
+    out = []
+    for example in model.examples(x, num=n, max_new_tokens=cfg.model.max_seq_len - 1):
+        text = vocab.decode(example.output)
+        if example.source is not None:
+            text = f"{vocab.decode(example.source)}  =>  {text}"
+        if example.note:
+            text = f"{example.note}  {text}"
+        out.append((example.section, text))
+    return out
+
+
+def samples_text(examples: list[tuple[str, str]]) -> str:
+    """The decoded examples as a text file, one section after another: the artifact people read."""
+    lines, section = [], None
+    for name, text in examples:
+        if name != section:
+            lines += ([""] if section else []) + [f"# {name}"]
+            section = name
+        lines.append(text)
+    return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def posterior_means(model, corpus: Corpus) -> pd.DataFrame:
+    """Per-unit posterior means of POSTERIOR_POINTS validation sequences with their labels (empty
+    without a latent): what the exported 2-D projections are computed from."""
+    split = subset(corpus.splits["valid"], POSTERIOR_POINTS, seed=VALIDATION_SEED)
+    mean = posteriors(model, split).mean.double().numpy()
+    if mean.shape[1] == 0:
+        return pd.DataFrame()
+    frame = pd.DataFrame(mean, columns=[f"mean_{u}" for u in range(mean.shape[1])])
+    frame.insert(0, "row", range(len(split)))
+    for name, labels in split.labels.items():
+        frame[name] = labels.numpy()
+    return frame
+
+
+# going back to a logged run
 
 def load_run(run: str, *, tracker: Tracker | None = None, device=None):
     """(model in eval mode, corpus, config, run_id or None) from an MLflow run id or a run folder."""
@@ -25,13 +94,13 @@ def load_run(run: str, *, tracker: Tracker | None = None, device=None):
             tags = tracker.run(run).data.tags
         except Exception as err:
             raise TrackingError(f"run {run!r} is not in the store {tracker.uri} ({type(err).__name__})") from None
-        if "gptvae.checkpoint" not in tags:
-            raise TrackingError(f"run {run!r} has no gptvae.checkpoint tag: it is not a gptvae training run")
-        ckpt, run_id = Path(tags["gptvae.checkpoint"]), run
+        if TAG_CHECKPOINT not in tags:
+            raise TrackingError(f"run {run!r} has no {TAG_CHECKPOINT} tag: it is not a gptvae training run")
+        ckpt, run_id = Path(tags[TAG_CHECKPOINT]), run
     state = load_checkpoint(ckpt)
     cfg = config_from_dict(state["config"])
     device = pick_device(device)
-    corpus = load_data(cfg)
+    corpus = load_data(cfg.data)
     model = build_model(cfg.model, num_tokens=len(corpus.vocab)).to(device)
     model.load_state_dict(state["model"])
     model.eval()
@@ -49,14 +118,13 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
     model, corpus, cfg, _ = load_run(run_id, tracker=tracker)
     cfg = apply_overrides(cfg, {"eval.splits": (split,), "eval.iw_samples": iw_samples,
                                 "eval.max_sequences": max_sequences, "train.seed": seed})
-    device = next(model.parameters()).device
-    result = final_evaluation(model, corpus, cfg, device=device,
-                              autocast=cfg.train.autocast and bf16_is_fast(device), progress=True)
+    device = model_device(model)
+    result = final_evaluation(model, corpus, cfg, autocast=cfg.train.autocast and bf16_is_fast(device), progress=True)
 
     logged_k = tracker.params(run_id).get(f"{split}.iw_samples")
     prefix = split if logged_k in (None, str(iw_samples)) else f"{split}_k{iw_samples}"
     result = {prefix + key[len(split):]: value for key, value in result.items()}
-    count_keys = {f"{prefix}.{k}" for k in ("iw_samples", "mi_samples", "n_sequences", "mc_samples")}
+    count_keys = {f"{prefix}.{k}" for k in COUNT_KEYS}
     tracker.log_params(run_id, {k: int(v) for k, v in result.items() if k in count_keys})
     tracker.log_metrics(run_id, [(k, v, cfg.train.steps) for k, v in result.items() if k not in count_keys])
     return result
@@ -67,20 +135,19 @@ def sample_from_run(run: str, *, n: int = 8, reference: str | None = None, prior
                     temperature: float = 1.0, seed: int = 0) -> list[str]:
     """Decoded samples: from the prior, from a reference sentence's posterior mean, or without a latent."""
     model, corpus, cfg, _ = load_run(run)
-    device = next(model.parameters()).device
+    device = model_device(model)
     torch.manual_seed(seed)
     vocab = corpus.vocab
     prompts = torch.full((n, 1), BOS, dtype=torch.long, device=device)
     kwargs = dict(max_new_tokens=cfg.model.max_seq_len - 1, temperature=temperature)
     with autocast_context(device, False):
-        if reference is not None and model.has_latent:
+        if reference is not None:
             x = torch.tensor([[BOS, *vocab.encode(reference), EOS]], device=device)
             out = model.generate(prompts, reference=x.expand(n, -1), **kwargs)
-        elif prior and model.has_latent:
-            out = model.generate(prompts, prior=True, **kwargs)
         else:
-            out = model.generate(prompts, **kwargs)
+            out = model.generate(prompts, prior=prior, **kwargs)
     return [vocab.decode(s) for s in out]
 
 
-__all__ = ["evaluate_logged_run", "load_run", "sample_from_run"]
+__all__ = ["decode_examples", "evaluate_logged_run", "final_evaluation", "load_run", "posterior_means",
+           "sample_from_run", "samples_text"]

@@ -1,8 +1,9 @@
-"""Evaluation metrics for a GPT with a continuous latent. Everything is in nats.
+"""Evaluation metrics for a GPT with a latent. Everything is in nats.
 
 The definitions are REFERENCE.md section 3; they are the contract. The functions here are written
-against the small `LatentVariableModel` protocol, not against our model class, so the tests can
-check them on a linear-Gaussian model whose answers are known in closed form.
+against the small `LatentVariableModel` protocol and the latent distributions of `gptvae.latents`,
+never against a model family, so the tests can check them on a linear-Gaussian model whose answers
+are known in closed form.
 
 Two mistakes in published code that these functions are built to avoid:
 
@@ -15,15 +16,16 @@ Two mistakes in published code that these functions are built to avoid:
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
-from tqdm.auto import tqdm
 from einops import rearrange, repeat
 from torch import Tensor
+from tqdm.auto import tqdm
 
-LOG_2PI = math.log(2 * math.pi)
+from gptvae.device import autocast_context, model_device
+from gptvae.latents import Posterior, Prior
 
 # the (rows x N) block of log q(z_i|x_j) the MI estimator holds at once, in elements
 MI_BLOCK_ELEMENTS = 4_000_000
@@ -38,15 +40,10 @@ def default(v, d):
 
 
 class LatentVariableModel(Protocol):
-    def posterior(self, x) -> tuple[Tensor, Tensor]: ...   # (mu, logvar), each (B, D)
+    prior: Prior
+
+    def posterior(self, x) -> Posterior: ...                # q(z|x), a batch of distributions
     def log_likelihood(self, x, z) -> Tensor: ...          # (B,) log p(x|z), summed over predicted tokens
-
-
-# densities (all reductions over the last dim, the latent dims)
-
-def _upcast(t: Tensor) -> Tensor:
-    """bf16 / fp16 -> fp32; fp32 and fp64 are kept as they are."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _wide(device: torch.device) -> torch.dtype:
@@ -54,64 +51,28 @@ def _wide(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def standard_normal_log_prob(z: Tensor) -> Tensor:
-    """log N(z; 0, I), summed over the last dim."""
-    return -0.5 * (LOG_2PI + z.square()).sum(-1)
-
-
-def diagonal_gaussian_log_prob(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log N(z; mu, diag(exp(logvar))), summed over the last dim. Broadcasts."""
-    return -0.5 * (LOG_2PI + logvar + (z - mu).square() * torch.exp(-logvar)).sum(-1)
-
-
-def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL_d( N(mu_d, exp(logvar_d)) || N(0, 1) ), shape (B, D). REFERENCE section 2."""
-    return 0.5 * (logvar.exp() + mu.square() - logvar - 1.0)
-
-
-def gaussian_negative_entropy(logvar: Tensor) -> Tensor:
-    """E_q[log q(z|x)] = -D/2 log(2 pi) - 1/2 sum_d (1 + logvar_d), shape (B,)."""
-    return -0.5 * (LOG_2PI + 1.0 + logvar).sum(-1)
-
-
-def sample_normal(shape, *, generator: torch.Generator | None = None, device=None) -> Tensor:
-    """Standard normal noise drawn with `generator` on the generator's own device, then moved.
-
-    A CPU generator therefore gives the same draws whether the model sits on CPU or GPU.
-    """
-    draw_device = generator.device if exists(generator) else device
-    eps = torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32)
-    return eps.to(device)
-
-
-def sample_posterior(mu: Tensor, logvar: Tensor, num_samples: int, *, generator=None) -> Tensor:
-    """z ~ q(z|x), shape (S, B, D). Drawn one (B, D) slab per sample, so that the draws do not
-    depend on how the samples are later chunked."""
-    std = (0.5 * logvar).exp()
-    eps = torch.stack([sample_normal(mu.shape, generator=generator, device=mu.device) for _ in range(num_samples)])
-    return mu + eps.to(mu.dtype) * std
+def _upcast(t):
+    """bf16 / fp16 -> fp32 (a tensor or a posterior); fp32 and fp64 are kept as they are."""
+    dtype = t.dtype if isinstance(t, Tensor) else next(iter(vars(t).values())).dtype
+    return t if dtype in (torch.float32, torch.float64) else t.to(torch.float32)
 
 
 # forward passes (the only place the model is called; autocast lives here and only here)
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
-def _posterior(model, x, *, autocast=False) -> tuple[Tensor, Tensor]:
-    with _autocast(x.device, autocast):
-        mu, logvar = model.posterior(x)
-    return _upcast(mu), _upcast(logvar)
+def _posterior(model, x, *, autocast=False):
+    with autocast_context(x.device, autocast):
+        posterior = model.posterior(x)
+    return _upcast(posterior)
 
 
 def _log_likelihood(model, x, z, *, autocast=False) -> Tensor:
-    with _autocast(x.device, autocast):
+    with autocast_context(x.device, autocast):
         ll = model.log_likelihood(x, z)
     return _upcast(ll)
 
 
 def log_likelihood_samples(model, x: Tensor, z: Tensor, *, chunk_size=None, autocast=False) -> Tensor:
-    """log p(x|z_s) for z of shape (S, B, D): (S, B), float64.
+    """log p(x|z_s) for z of shape (S, B, *event): (S, B), float64.
 
     The S samples go through the model as one batch of S*B rows (x repeated along the batch), at most
     `chunk_size` (x, z) pairs at a time. If one sample of the whole batch is already more than
@@ -128,7 +89,7 @@ def log_likelihood_samples(model, x: Tensor, z: Tensor, *, chunk_size=None, auto
         for b0 in range(0, batch, rows_per_chunk):
             b1 = min(batch, b0 + rows_per_chunk)
             xs = repeat(x[b0:b1], "b ... -> (s b) ...", s=s1 - s0)
-            zs = rearrange(z[s0:s1, b0:b1], "s b d -> (s b) d")
+            zs = rearrange(z[s0:s1, b0:b1], "s b ... -> (s b) ...")
             ll = _log_likelihood(model, xs, zs, autocast=autocast)
             out[s0:s1, b0:b1] = rearrange(ll, "(s b) -> s b", s=s1 - s0).to(out.dtype)
     return out
@@ -139,8 +100,7 @@ def log_likelihood_samples(model, x: Tensor, z: Tensor, *, chunk_size=None, auto
 def importance_weighted_nll_from_posterior(
     model,
     x: Tensor,
-    mu: Tensor,
-    logvar: Tensor,
+    posterior: Posterior,
     num_samples: int,
     *,
     chunk_size: int | None = None,
@@ -155,22 +115,22 @@ def importance_weighted_nll_from_posterior(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples}; IW-NLL needs at least one importance sample")
-    batch = mu.shape[0]
-    wide = _wide(mu.device)
+    batch = len(posterior)
+    wide = _wide(x.device)
     chunk_size = default(chunk_size, num_samples * batch)
     samples_per_chunk = max(1, chunk_size // batch)
 
-    mu_w, logvar_w = mu.to(wide), logvar.to(wide)
-    running = torch.full((batch,), -math.inf, dtype=wide, device=mu.device)
+    posterior_w = posterior.to(wide)
+    running = torch.full((batch,), -math.inf, dtype=wide, device=x.device)
 
     for s0 in range(0, num_samples, samples_per_chunk):
         s1 = min(num_samples, s0 + samples_per_chunk)
-        z = sample_posterior(mu, logvar, s1 - s0, generator=generator)                  # (s, B, D)
+        z = posterior.sample(s1 - s0, generator=generator)                             # (s, B, ...)
         ll = log_likelihood_samples(model, x, z, chunk_size=chunk_size, autocast=autocast)
 
         # weights from the very z the decoder saw, in wide precision
         z_w = z.to(wide)
-        log_w = ll.to(wide) + standard_normal_log_prob(z_w) - diagonal_gaussian_log_prob(z_w, mu_w, logvar_w)
+        log_w = ll.to(wide) + model.prior.log_prob(z_w) - posterior_w.log_prob(z_w)
         running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
 
     return -(running - math.log(num_samples))
@@ -192,56 +152,42 @@ def importance_weighted_nll(
     repeating x, at most `chunk_size` (x, z) pairs per decoder call. Its expectation is >= -log p(x)
     and decreases to it as K grows; with the exact posterior it equals -log p(x) for any K.
     """
-    mu, logvar = _posterior(model, x, autocast=autocast)
+    posterior = _posterior(model, x, autocast=autocast)
     return importance_weighted_nll_from_posterior(
-        model, x, mu, logvar, num_samples, chunk_size=chunk_size, generator=generator, autocast=autocast
+        model, x, posterior, num_samples, chunk_size=chunk_size, generator=generator, autocast=autocast
     )
 
 
 # mutual information I(x; z) under q
 
-def _log_aggregate_posterior(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+def _log_aggregate_posterior(z: Tensor, posterior: Posterior) -> Tensor:
     """log q(z_i) ~= logsumexp_j log q(z_i|x_j) - log N for every row of z: (M,).
 
-    log q(z_i|x_j) = sum_d [-1/2 z_id^2 / var_jd + z_id mu_jd / var_jd] + c_j is one matmul of
-    [z^2, z, 1] with [-1/2 / var, mu / var, c], so the (rows, N, D) tensor is never built: a block
-    holds (rows, N) numbers. Done in float64, where the expansion loses nothing that matters (in
-    float32 it would, once variances are small).
+    The (M, N) matrix of log q(z_i|x_j) is built in blocks of about MI_BLOCK_ELEMENTS numbers.
     """
-    num, dim = mu.shape
-    inv_var = torch.exp(-logvar)                                                     # (N, D)
-    const = -0.5 * (dim * LOG_2PI + logvar.sum(-1) + (mu.square() * inv_var).sum(-1))  # (N,)
-    rhs = torch.cat([-0.5 * inv_var, mu * inv_var, rearrange(const, "n -> n 1")], dim=-1)  # (N, 2D+1)
-
+    num = len(posterior)
     out = []
     for zi in z.split(max(1, MI_BLOCK_ELEMENTS // num)):
-        lhs = torch.cat([zi.square(), zi, torch.ones_like(zi[:, :1])], dim=-1)           # (r, 2D+1)
-        log_q = lhs @ rhs.T                                                           # log q(z_i|x_j)
-        out.append(torch.logsumexp(log_q, dim=-1) - math.log(num))
+        out.append(torch.logsumexp(posterior.cross_log_prob(zi), dim=-1) - math.log(num))
     return torch.cat(out)
 
 
-def _mi_estimate(mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
-    return gaussian_negative_entropy(logvar).mean() - _log_aggregate_posterior(z, mu, logvar).mean()
-
-
 @torch.no_grad()
-def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> float:
+def mutual_information(posterior: Posterior, generator: torch.Generator | None = None) -> float:
     """MI = mean_i E_q[log q(z|x_i)] - mean_i [logsumexp_j log q(z_i|x_j) - log N], one z_i ~ q(z|x_i).
 
-    The whole-evaluation-set estimator (Li et al. 2019 `calc_mi`, Optimus) over all N rows of
-    (mu, logvar). It is at most about log N (exactly so up to the noise of the entropy term, which
-    uses the expectation rather than log q(z_i|x_i)): report N beside it.
+    The whole-evaluation-set estimator (Li et al. 2019 `calc_mi`, Optimus) over all N rows of the
+    posterior. It is at most about log N (exactly so up to the noise of the entropy term, which uses
+    the expectation rather than log q(z_i|x_i)): report N beside it.
     """
-    mu, logvar = mu.to(_wide(mu.device)), logvar.to(_wide(mu.device))
-    z = mu + sample_normal(mu.shape, generator=generator, device=mu.device).to(mu.dtype) * (0.5 * logvar).exp()
-    return _mi_estimate(mu, logvar, z).item()
+    posterior = posterior.to(_wide(posterior.mean.device))
+    z = posterior.sample(1, generator=generator)[0]
+    return (-posterior.entropy().mean() - _log_aggregate_posterior(z, posterior).mean()).item()
 
 
 @torch.no_grad()
-def minibatch_mutual_information(
-    mu: Tensor, logvar: Tensor, batch_size: int, generator: torch.Generator | None = None
-) -> float:
+def minibatch_mutual_information(posterior: Posterior, batch_size: int,
+                                 generator: torch.Generator | None = None) -> float:
     """He et al. 2019's variant: the same estimator inside each consecutive minibatch of `batch_size`
     rows, averaged with weights equal to the minibatch sizes.
 
@@ -250,23 +196,23 @@ def minibatch_mutual_information(
     report `mutual_information` instead.
     """
     total, count = 0.0, 0
-    for i0 in range(0, mu.shape[0], batch_size):
-        m, lv = mu[i0:i0 + batch_size], logvar[i0:i0 + batch_size]
-        total += mutual_information(m, lv, generator=generator) * m.shape[0]
-        count += m.shape[0]
+    for i0 in range(0, len(posterior), batch_size):
+        part = posterior[i0:i0 + batch_size]
+        total += mutual_information(part, generator=generator) * len(part)
+        count += len(part)
     return total / count
 
 
 # active units (Burda et al. 2015) and perplexity
 
-def posterior_mean_variance(mu: Tensor) -> Tensor:
-    """A_d = Var_x(mu_d(x)) over the rows, unbiased, (D,)."""
-    return mu.to(_wide(mu.device)).var(dim=0, correction=1)
+def posterior_mean_variance(mean: Tensor) -> Tensor:
+    """A_u = Var_x(E_q[z_u|x]) over the rows, unbiased, (U,): `mean` is a posterior's per-unit mean."""
+    return mean.to(_wide(mean.device)).var(dim=0, correction=1)
 
 
-def active_units(mu: Tensor, threshold: float = 0.01) -> int:
-    """Number of latent dims with Var_x(mu_d(x)) >= threshold."""
-    return int((posterior_mean_variance(mu) >= threshold).sum().item())
+def active_units(mean: Tensor, threshold: float = 0.01) -> int:
+    """Number of latent units with Var_x(E_q[z_u|x]) >= threshold (Burda et al. 2015, delta = 0.01)."""
+    return int((posterior_mean_variance(mean) >= threshold).sum().item())
 
 
 def perplexity(total_nll, total_tokens) -> float:
@@ -275,11 +221,6 @@ def perplexity(total_nll, total_tokens) -> float:
 
 
 # evaluation over a split
-
-def _device(model) -> torch.device:
-    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    return param.device if exists(param) else torch.device("cpu")
-
 
 @contextmanager
 def _eval_mode(model):
@@ -295,18 +236,18 @@ def _eval_mode(model):
 
 
 @torch.no_grad()
-def posterior_moments(model, split, *, max_tokens: int = 4096, autocast: bool = False) -> tuple[Tensor, Tensor]:
-    """(mu, logvar) of q(z|x) for every sequence of `split`, in split order, float32 on CPU."""
+def posteriors(model, split, *, max_tokens: int = 4096, autocast: bool = False):
+    """q(z|x) for every sequence of `split`, in split order, float32 on CPU."""
     from gptvae.data import batch_plan, collate
 
-    device = _device(model)
-    mus, logvars = [None] * len(split), [None] * len(split)
+    device = model_device(model)
+    parts, order = [], []
     with _eval_mode(model):
         for index in batch_plan(split.lengths, max_tokens=max_tokens, shuffle=False):
-            mu, logvar = _posterior(model, collate(split, index).to(device), autocast=autocast)
-            for i, m, lv in zip(index.tolist(), mu.float().cpu(), logvar.float().cpu()):
-                mus[i], logvars[i] = m, lv
-    return torch.stack(mus), torch.stack(logvars)
+            parts.append(_posterior(model, collate(split, index).to(device), autocast=autocast).to("cpu", torch.float32))
+            order.append(index)
+    posterior = type(parts[0]).cat(parts)
+    return posterior[torch.argsort(torch.cat(order))]
 
 
 def _probe_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor) -> float:
@@ -346,20 +287,19 @@ def evaluate(
     predicted tokens n(x) = non-PAD tokens - 1 (words + EOS). Every sample comes from one CPU
     generator seeded with `seed`, so the same seed gives the same dict (on the same device).
 
-    For a model without a latent (`model.has_latent` False) the likelihood is exact: rec = iw_nll =
-    lm_nll, kl = 0, nothing is sampled (iw_samples and mc_samples report the settings asked for, so
-    that rows line up; mi_samples is 0), and the mi / au / probe_acc_* keys are absent.
+    When the latent has no units (the LM baseline) the likelihood is exact: rec = iw_nll = lm_nll,
+    kl = 0, nothing is sampled (iw_samples and mc_samples report the settings asked for, so that rows
+    line up; mi_samples is 0), and the mi / au / probe_acc_* keys, which need a latent, are absent.
     """
     from gptvae.data import PAD, batch_plan, collate
 
-    device = _device(model)
-    has_latent = bool(getattr(model, "has_latent", True))
+    device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
     num = len(split)
 
     sums = dict(rec=0.0, kl=0.0, neg_elbo=0.0, iw_nll=0.0, lm_nll=0.0)
     n_tokens = 0
-    mus, logvars = [None] * num, [None] * num
+    parts, order = [], []
 
     with _eval_mode(model):
         plan = batch_plan(split.lengths, max_tokens=max_tokens, shuffle=False)
@@ -371,20 +311,19 @@ def evaluate(
 
             lm_ll = _log_likelihood(model, tokens, None, autocast=autocast).double()
             sums["lm_nll"] += -lm_ll.sum().item()
-            if not has_latent:
+
+            posterior = _posterior(model, tokens, autocast=autocast)
+            parts.append(posterior.to("cpu", torch.float32))
+            order.append(index)
+            if posterior.units == 0:   # no latent: log p(x|z) is the exact likelihood, nothing to sample
                 continue
 
-            mu, logvar = _posterior(model, tokens, autocast=autocast)
-            for i, m, lv in zip(index.tolist(), mu.float().cpu(), logvar.float().cpu()):
-                mus[i], logvars[i] = m, lv
-
-            z = sample_posterior(mu, logvar, mc_samples, generator=generator)
+            z = posterior.sample(mc_samples, generator=generator)
             ll = log_likelihood_samples(model, tokens, z, chunk_size=chunk, autocast=autocast)
             rec = -ll.double().mean(0)                                         # (B,)
-            kl = kl_per_dim(mu.double(), logvar.double()).sum(-1)              # (B,)
+            kl = posterior.to(torch.float64).kl().flatten(1).sum(-1)           # (B,)
             iw = importance_weighted_nll_from_posterior(
-                model, tokens, mu, logvar, iw_samples,
-                chunk_size=chunk, generator=generator, autocast=autocast,
+                model, tokens, posterior, iw_samples, chunk_size=chunk, generator=generator, autocast=autocast,
             )
 
             sums["rec"] += rec.sum().item()
@@ -392,7 +331,8 @@ def evaluate(
             sums["neg_elbo"] += (rec + kl).sum().item()
             sums["iw_nll"] += iw.sum().item()
 
-    if not has_latent:  # exact likelihood: every bound is the likelihood itself
+    has_units = parts[0].units > 0
+    if not has_units:   # exact likelihood: every bound is the likelihood itself
         sums.update(rec=sums["lm_nll"], neg_elbo=sums["lm_nll"], iw_nll=sums["lm_nll"])
 
     out = dict(
@@ -412,21 +352,21 @@ def evaluate(
         lm_nll_per_token=sums["lm_nll"] / n_tokens,
         lm_ppl=perplexity(sums["lm_nll"], n_tokens),
     )
-    if not has_latent:
+    if not has_units:
         return out
 
-    mu, logvar = torch.stack(mus), torch.stack(logvars)
+    posterior = type(parts[0]).cat(parts)[torch.argsort(torch.cat(order))]   # split order
 
     # MI on a seeded subset when asked (it is O(N^2)); AU and probes use every row
     rows = torch.arange(num)
     if exists(mi_samples) and mi_samples < num:
         rows = torch.randperm(num, generator=generator)[:mi_samples]
     out["mi_samples"] = len(rows)
-    out["mi"] = mutual_information(mu[rows], logvar[rows], generator=generator)
-    out["au"] = active_units(mu)
+    out["mi"] = mutual_information(posterior[rows], generator=generator)
+    out["au"] = active_units(posterior.mean)
 
     if exists(probe_split):
-        probe_mu, _ = posterior_moments(model, probe_split, max_tokens=max_tokens, autocast=autocast)
+        probe_mean = posteriors(model, probe_split, max_tokens=max_tokens, autocast=autocast).mean
         for name, labels in split.labels.items():
-            out[f"probe_acc_{name}"] = _probe_accuracy(probe_mu, probe_split.labels[name], mu, labels)
+            out[f"probe_acc_{name}"] = _probe_accuracy(probe_mean, probe_split.labels[name], posterior.mean, labels)
     return out

@@ -17,46 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gptvae.config import FREE_BITS_MODES, SCHEDULES, ObjectiveConfig
 from gptvae.data import PAD
-from gptvae.metrics import kl_per_dim
-
-FREE_BITS_MODES = ("per_dim", "batch_dim", "total")
-SCHEDULES = ("constant", "linear", "cyclical", "zero_linear")
-SCALES = ("elbo", "upstream")
-
-
-@dataclass(frozen=True)
-class ObjectiveConfig:
-    beta: float = 1.0               # KL weight (the value a schedule rises to)
-    free_bits: float = 0.0          # floor lambda, nats: per dimension, per batch-dimension or in total
-    free_bits_mode: str = "per_dim"  # per_dim | batch_dim | total (REFERENCE 2)
-    latent_dropout: float = 0.0     # probability that a whole sequence is decoded without its latent
-    scale: str = "elbo"             # elbo | upstream (parity with x-transformers only)
-    schedule: str = "constant"      # constant | linear | cyclical | zero_linear
-    beta_start: float = 0.0         # beta0, where linear, cyclical and zero_linear start
-    warmup_steps: int = 0           # linear: steps from beta_start to beta (Bowman et al. 2016)
-    cycles: int = 4                 # cyclical: number of cycles M over training (Fu et al. 2019)
-    cycle_ratio: float = 0.5        # cyclical: fraction R of each cycle spent rising
-    zero_fraction: float = 0.25     # zero_linear: fraction of training at beta = 0 (Optimus)
-    ramp_fraction: float = 0.25     # zero_linear: fraction of training rising to beta afterwards
-
-    def validate(self) -> None:
-        def check(ok: bool, name: str, allowed: str):
-            if not ok:
-                raise ValueError(f"objective.{name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
-
-        check(self.free_bits_mode in FREE_BITS_MODES, "free_bits_mode", ", ".join(FREE_BITS_MODES))
-        check(self.schedule in SCHEDULES, "schedule", ", ".join(SCHEDULES))
-        check(self.scale in SCALES, "scale", ", ".join(SCALES))
-        check(self.free_bits >= 0, "free_bits", "a floor >= 0 nats")
-        check(self.beta >= 0, "beta", "a weight >= 0")
-        check(self.beta_start >= 0, "beta_start", "a weight >= 0")
-        check(0 <= self.latent_dropout < 1, "latent_dropout", "a probability in [0, 1)")
-        check(self.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
-        check(self.cycles >= 1, "cycles", "an integer >= 1")
-        check(0 < self.cycle_ratio <= 1, "cycle_ratio", "a fraction in (0, 1]")
-        check(0 <= self.zero_fraction < 1, "zero_fraction", "a fraction in [0, 1)")
-        check(0 < self.ramp_fraction <= 1 - self.zero_fraction, "ramp_fraction", "a fraction in (0, 1 - zero_fraction]")
 
 
 def beta_at(config: ObjectiveConfig, step: int, total_steps: int) -> float:
@@ -83,7 +45,7 @@ def beta_at(config: ObjectiveConfig, step: int, total_steps: int) -> float:
 
 
 def free_bits_kl(kl: Tensor, *, floor: float, mode: str) -> Tensor:
-    """sum_{x in B} FB(KL(x)): the floored KL that drives gradients (REFERENCE 2). kl is (B, D).
+    """sum_{x in B} FB(KL(x)): the floored KL that drives gradients (REFERENCE 2). kl is (B, units).
 
     max(KL, floor) is written floor + relu(KL - floor) so that the gradient is upstream's exactly,
     also at KL == floor (where clamp would pass it through).
@@ -92,6 +54,8 @@ def free_bits_kl(kl: Tensor, *, floor: float, mode: str) -> Tensor:
         return floor + F.relu(t - floor)
 
     batch = kl.shape[0]
+    if kl.shape[-1] == 0:     # no latent units: there is no KL to floor
+        return kl.sum()
     if mode == "per_dim":     # sum_d max(KL_d(x), lambda), per sequence
         return floored(kl).sum()
     if mode == "batch_dim":   # sum_d max(mean_x KL_d(x), lambda), charged once per sequence
@@ -104,6 +68,8 @@ def free_bits_kl(kl: Tensor, *, floor: float, mode: str) -> Tensor:
 def upstream_kl_term(kl: Tensor, *, floor: float, mode: str) -> Tensor:
     """x-transformers' hinge form, batch mean of relu(KL - floor): same gradients as free_bits_kl."""
     batch = kl.shape[0]
+    if kl.shape[-1] == 0:
+        return kl.sum()
     if mode == "per_dim":
         return F.relu(kl - floor).sum(dim=-1).mean()
     if mode == "batch_dim":
@@ -117,11 +83,12 @@ class Terms:
 
     loss: Tensor          # the scalar to minimise
     rec: Tensor           # sum_x -log p(x|z_x), nats
-    kl: Tensor            # sum_x sum_d KL_d(x), unfloored, nats
+    kl: Tensor            # sum_x sum_units KL(x), unfloored, nats
     kl_floored: Tensor    # sum_x FB(KL(x)), what the gradient sees
     tokens: int           # predicted tokens (words + EOS)
     sequences: int
     beta: float
+    posterior: object     # q(z|x) of the batch, detached: validation reads its per-unit means
 
 
 def latent_dropout_mask(batch: int, p: float, device) -> Tensor:
@@ -137,26 +104,22 @@ def objective(model, tokens: Tensor, config: ObjectiveConfig, *, beta: float | N
     """The loss of one batch of BOS..EOS sequences (B, L), right-padded with PAD.
 
     Latent dropout applies only in train mode (upstream uses nn.Dropout); the KL is charged for
-    dropped sequences too. Random draws follow upstream's order: eps, then the dropout mask.
+    dropped sequences too. Random draws follow upstream's order: eps, then the dropout mask. A model
+    whose latent has no units (the LM) draws nothing and pays no KL: its loss is its exact NLL.
     """
     beta = config.beta if beta is None else beta
     batch = tokens.shape[0]
     n_tokens = int((tokens[:, 1:] != PAD).sum())
 
-    if not model.has_latent:
-        rec = -model.log_likelihood(tokens).sum()
-        zero = rec.new_zeros(())
-        return Terms(rec / n_tokens, rec.detach(), zero, zero, n_tokens, batch, beta)
-
-    mu, logvar = model.posterior(tokens)
-    z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)      # reparameterisation
+    posterior = model.posterior(tokens)
+    z = posterior.rsample()                                   # reparameterisation
 
     drop = None
     if model.training and config.latent_dropout > 0:
         drop = latent_dropout_mask(batch, config.latent_dropout, tokens.device)
 
     rec = -model.log_likelihood(tokens, z, drop_latent=drop).sum()
-    kl = kl_per_dim(mu, logvar)
+    kl = posterior.kl().flatten(1)                            # (B, units)
     kl_floored = free_bits_kl(kl, floor=config.free_bits, mode=config.free_bits_mode)
 
     if config.scale == "elbo":
@@ -164,4 +127,5 @@ def objective(model, tokens: Tensor, config: ObjectiveConfig, *, beta: float | N
     else:
         loss = rec / n_tokens + beta * upstream_kl_term(kl, floor=config.free_bits, mode=config.free_bits_mode)
 
-    return Terms(loss, rec.detach(), kl.sum().detach(), kl_floored.detach(), n_tokens, batch, beta)
+    return Terms(loss, rec.detach(), kl.sum().detach(), kl_floored.detach(), n_tokens, batch, beta,
+                 posterior.detach())

@@ -12,31 +12,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from gptvae.catalog import FIGURE, metric
+from gptvae.families import BASELINE
+
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fontsize": 9,
                      "figure.dpi": 110, "savefig.dpi": 150, "axes.spines.top": False, "axes.spines.right": False})
 
-# metric key in runs.csv -> axis label with units
-METRICS = {
-    "valid.neg_elbo": "-ELBO (nats/sequence)",
-    "valid.rec": "Rec (nats/sequence)",
-    "valid.kl": "KL (nats/sequence)",
-    "valid.mi": "MI (nats)",
-    "valid.au": "active units",
-    "valid.iw_nll_per_token": "IW-NLL (nats/token)",
-    "valid.ppl": "PPL (IW-NLL)",
-    "valid.lm_nll_per_token": "NLL, latent masked (nats/token)",
-    "valid.probe_acc_sentiment": "sentiment probe accuracy",
-}
-LATENT_ONLY = {"valid.kl", "valid.mi", "valid.au", "valid.probe_acc_sentiment"}
-
-
 def _by_value(runs: pd.DataFrame, experiment: str, key: str) -> pd.DataFrame:
-    vae = runs[(runs.experiment == experiment) & (runs.kind == "vae")]
+    vae = runs[(runs.experiment == experiment) & (runs.kind != BASELINE)]
     return vae.groupby("value")[key].agg(["mean", "std", "count"]).reset_index()
 
 
 def _baseline(runs: pd.DataFrame, experiment: str, key: str):
-    lm = runs[(runs.experiment == experiment) & (runs.kind == "lm")]
+    lm = runs[(runs.experiment == experiment) & (runs.kind == BASELINE)]
     return None if lm.empty or key not in lm or lm[key].isna().all() else lm[key].mean()
 
 
@@ -53,7 +41,7 @@ def _x_axis(ax, positions: dict[float, int], factor_label: str) -> None:
 
 def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str, metrics=None, ncols: int = 3):
     """One panel per metric against the ablated factor; the LM baseline as a dashed line."""
-    metrics = [m for m in (metrics or METRICS) if m in runs and runs.loc[runs.experiment == experiment, m].notna().any()]
+    metrics = [m for m in (metrics or FIGURE) if m in runs and runs.loc[runs.experiment == experiment, m].notna().any()]
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, metrics):
@@ -62,12 +50,12 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
         ax.errorbar(stats["value"].map(at), stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
                     label="GPT-VAE")
         base = _baseline(runs, experiment, key)
-        if base is not None and key not in LATENT_ONLY:
+        if base is not None and not metric(key).latent_only:
             ax.axhline(base, color="0.4", linestyle="--", linewidth=1, label="LM baseline")
         _x_axis(ax, at, factor_label)
         if key.endswith("ppl") and stats["mean"].min() > 0 and stats["mean"].max() / stats["mean"].min() > 20:
             ax.set_yscale("log")   # a collapsed bound can put PPL orders of magnitude above the rest
-        ax.set_ylabel(METRICS.get(key, key))
+        ax.set_ylabel(metric(key).axis)
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
     axes.flat[0].legend(loc="best")
@@ -99,12 +87,11 @@ def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str):
 def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, factor_label: str,
                     keys=("val/kl", "val/au")):
     """Validation KL and active units over training, one line per setting (mean over seeds, ± std band)."""
-    vae = runs[(runs.experiment == experiment) & (runs.kind == "vae")][["run_id", "value"]]
+    vae = runs[(runs.experiment == experiment) & (runs.kind != BASELINE)][["run_id", "value"]]
     curves = history.merge(vae.rename(columns={"value": "setting"}), on="run_id")
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False)
     cmap = plt.get_cmap("viridis")
     values = sorted(vae["value"].unique())
-    labels = {"val/kl": "KL (nats/sequence)", "val/au": "active units", "val/neg_elbo": "-ELBO (nats/sequence)"}
     for ax, key in zip(axes.flat, keys):
         for i, value in enumerate(values):
             points = curves[(curves.key == key) & (curves.setting == value)]
@@ -115,7 +102,7 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
                 ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                                 color=colour, alpha=0.2, linewidth=0)
         ax.set_xlabel("training step")
-        ax.set_ylabel(labels.get(key, key))
+        ax.set_ylabel(metric(key).axis)
     axes.flat[-1].legend(title=factor_label, loc="best", ncol=2)
     seeds = runs.loc[runs.experiment == experiment, "seed"].nunique()
     fig.suptitle(f"{experiment}: collapse or use of the latent during training (mean ± std over {seeds} "
@@ -127,7 +114,7 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
 def posterior_means(means: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, label: str, symbol: str,
                     ncols: int = 3):
     """2-D PCA of posterior means on validation sentences, one panel per setting, coloured by a label."""
-    vae = runs[(runs.experiment == experiment) & (runs.kind == "vae")].drop_duplicates(["value"])
+    vae = runs[(runs.experiment == experiment) & (runs.kind != BASELINE)].drop_duplicates(["value"])
     panels = [(row.value, means[means.run_id == row.run_id]) for row in vae.itertuples()]
     panels = [(v, m) for v, m in panels if not m.empty]
     ncols = min(ncols, len(panels))
@@ -164,7 +151,7 @@ def save(fig, name: str, folder: str | Path) -> list[Path]:
 
 def overview(runs: pd.DataFrame):
     """MI against KL for every VAE run of every ablation: MI <= KL, and collapse sits at the origin."""
-    vae = runs[runs.kind == "vae"].drop_duplicates("run_id")   # a run two sweeps share is one point
+    vae = runs[runs.kind != BASELINE].drop_duplicates("run_id")   # a run two sweeps share is one point
     fig, ax = plt.subplots(figsize=(5.6, 4.4))
     for experiment, group in vae.groupby("experiment", sort=True):
         ax.scatter(group["valid.kl"], group["valid.mi"], label=experiment.removeprefix("ablation-"), s=22, alpha=0.8)

@@ -9,35 +9,31 @@ MLflow run id, so that every number can be traced back to the run that produced 
     posterior_means.csv  2-D PCA of posterior means on validation sequences, with their labels
     samples.csv          decoded samples: prior, reconstructions, interpolation, no latent
 
+Final metrics and curves come from the store; samples and posterior means from the artifacts each
+run logged (`gptvae.run`), so nothing here rebuilds a model or needs a run's checkpoint.
 Everything downstream (`make figures`, `make paper`) reads only these files.
 """
 
 from __future__ import annotations
 
-import io
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from gptvae.tracking import TAG_HASH, TAG_KIND, TAG_PARENT, TAG_SAME_AS, TAG_SEED, Tracker
+from gptvae.catalog import metric
+from gptvae.errors import ResultsMissingError
+from gptvae.families import BASELINE
+from gptvae.files import atomic_write_csv
+from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_KIND, TAG_PARENT, TAG_PRESET, TAG_SAME_AS,
+                             TAG_SEED, Tracker)
 
 FILES = ("runs.csv", "history.csv", "posterior_means.csv", "samples.csv")
 CURVES = ("train/loss", "train/kl", "train/rec_per_token", "val/neg_elbo", "val/rec", "val/kl", "val/au",
-          "val/nll_bound_per_token")
+          "val/nll_bound_per_token")   # the curves exported to history.csv
 POSTERIOR_POINTS = 500
-
-
-class ResultsMissingError(FileNotFoundError):
-    """Exported results are absent; the message names the make target that produces them."""
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    from gptvae.train import atomic_write_bytes
-
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, float_format="%.10g", lineterminator="\n")
-    atomic_write_bytes(path, lambda h: h.write(buffer.getvalue().encode()))
 
 
 def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | None = None) -> pd.DataFrame:
@@ -57,21 +53,20 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
             if parent is None or run.info.status != "FINISHED":
                 continue
             ptags = parent.data.tags
-            if (preset and ptags.get("gptvae.preset") != preset) or (dataset and ptags.get("gptvae.dataset") != dataset):
+            if (preset and ptags.get(TAG_PRESET) != preset) or (dataset and ptags.get(TAG_DATASET) != dataset):
                 continue
-            factor = ptags["gptvae.factor"]
+            factor = ptags[TAG_FACTOR]
             kind = tags.get(TAG_KIND, "vae")
             # a linked child stands for the run it reuses: that run's id, numbers and checkpoint
             source = tracker.run(tags[TAG_SAME_AS]) if TAG_SAME_AS in tags else run
             params = source.data.params
             rows.append({
                 "experiment": exp.name, "factor": factor,
-                "value": float(params[factor]) if kind == "vae" else np.nan,
-                "kind": kind, "seed": int(tags[TAG_SEED]), "preset": ptags.get("gptvae.preset"),
-                "dataset": ptags.get("gptvae.dataset"), "run_id": source.info.run_id,
+                "value": np.nan if kind == BASELINE else float(params[factor]),
+                "kind": kind, "seed": int(tags[TAG_SEED]), "preset": ptags.get(TAG_PRESET),
+                "dataset": ptags.get(TAG_DATASET), "run_id": source.info.run_id,
                 "trained_in": names.get(source.info.experiment_id, exp.name),
                 "parent_run_id": parent.info.run_id, "config_hash": tags[TAG_HASH],
-                "checkpoint": source.data.tags.get("gptvae.checkpoint", ""),
                 **{k: v for k, v in params.items() if k.split(".", 1)[0] in ("valid", "test")},
                 **{k: v for k, v in source.data.metrics.items() if not k.startswith(("train/", "val/"))},
             })
@@ -105,32 +100,44 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     return np.pad(projected, ((0, 0), (0, 2 - projected.shape[1])))
 
 
-def collect_from_checkpoints(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Posterior-mean projections and decoded samples for the first seed of every setting."""
-    import torch
+def _artifact(tracker: Tracker, run_id: str, name: str, folder: Path) -> pd.DataFrame | None:
+    """A CSV artifact of a run, or None if the run did not log it."""
+    try:
+        path = tracker.call(tracker.client.download_artifacts, run_id, name, str(folder))
+    except Exception:   # MLflow raises several types for a missing artifact
+        return None
+    return pd.read_csv(path)
 
-    from gptvae.evaluation import load_run
-    from gptvae.metrics import posterior_moments
-    from gptvae.train import VALIDATION_SEED, decode_samples, subset
 
+def collect_artifacts(tracker: Tracker, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Posterior-mean projections and decoded samples of the first seed of every setting, from the
+    `posterior_means.csv` and `samples.csv` artifacts each run logged."""
     first_seed = runs[runs.seed == runs.groupby(["experiment", "kind", "value"], dropna=False).seed.transform("min")]
-    means, samples = [], []
-    for row in first_seed.drop_duplicates("run_id").itertuples():   # a run shared by two sweeps, once
-        model, corpus, cfg, _ = load_run(str(Path(row.checkpoint).parent))
-        device = next(model.parameters()).device
-        for section, text in decode_samples(model, corpus, cfg, device=device):
-            samples.append({"run_id": row.run_id, "section": section, "text": text})
-        if not model.has_latent:
-            continue
-        split = subset(corpus.splits["valid"], POSTERIOR_POINTS, seed=VALIDATION_SEED)
-        with torch.no_grad():
-            mu, _ = posterior_moments(model, split)
-        xy = pca_2d(mu.double().numpy())
-        frame = pd.DataFrame({"run_id": row.run_id, "row": np.arange(len(split)), "pc1": xy[:, 0], "pc2": xy[:, 1]})
-        for name, labels in split.labels.items():
-            frame[name] = labels.numpy()
-        means.append(frame)
-    return (pd.concat(means, ignore_index=True) if means else pd.DataFrame()), pd.DataFrame(samples)
+    means, samples, missing = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, run_id in enumerate(first_seed.run_id.drop_duplicates()):   # a run two sweeps share, once
+            folder = Path(tmp) / str(i)
+            folder.mkdir()
+            decoded = _artifact(tracker, run_id, "samples.csv", folder)
+            if decoded is None:
+                missing.append(run_id)
+                continue
+            samples.append(decoded.assign(run_id=run_id)[["run_id", "section", "text"]])
+            points = _artifact(tracker, run_id, "posterior_means.csv", folder)
+            if points is None:   # no latent, nothing to project
+                continue
+            columns = [c for c in points if c.startswith("mean_")]
+            xy = pca_2d(points[columns].to_numpy(dtype=np.float64))
+            frame = pd.DataFrame({"run_id": run_id, "row": points["row"], "pc1": xy[:, 0], "pc2": xy[:, 1]})
+            for name in [c for c in points.columns if c != "row" and c not in columns]:   # the labels
+                frame[name] = points[name]
+            means.append(frame)
+    if missing:
+        print(f"warning: {len(missing)} run(s) logged no samples.csv artifact (trained before runs logged "
+              f"their samples): {', '.join(missing)}; their samples and posterior means are not exported",
+              file=sys.stderr)
+    return (pd.concat(means, ignore_index=True) if means else pd.DataFrame()), \
+        (pd.concat(samples, ignore_index=True) if samples else pd.DataFrame(columns=["run_id", "section", "text"]))
 
 
 def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, preset: str | None = None,
@@ -144,10 +151,10 @@ def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, prese
                                   f"{f' for preset {preset}' if preset else ''}: run a sweep first, "
                                   "e.g. `make ablation-kl-floor`")
     history = collect_history(tracker, runs.run_id.unique())
-    means, samples = collect_from_checkpoints(runs)
-    frames = dict(zip(FILES, (runs.drop(columns=["checkpoint"]), history, means, samples)))
+    means, samples = collect_artifacts(tracker, runs)
+    frames = dict(zip(FILES, (runs, history, means, samples)))
     for name, frame in frames.items():
-        _write_csv(frame, out / name)
+        atomic_write_csv(out / name, frame)
     return {name: len(frame) for name, frame in frames.items()}
 
 
@@ -165,23 +172,21 @@ def summarize(runs: pd.DataFrame, experiment: str, metrics: list[str]) -> pd.Dat
     subset = runs[runs.experiment == experiment]
     grouped = subset.groupby(["kind", "value"], dropna=False)[metrics]
     table = grouped.agg(["mean", "std", "count"])
-    table = table.reindex(sorted(table.index, key=lambda k: (k[0] == "lm", k[1])))
+    table = table.reindex(sorted(table.index, key=lambda k: (k[0] == BASELINE, k[1])))
     return table
 
 
-def format_table(summary: pd.DataFrame, metrics: dict[str, str], *, factor_label: str,
-                 digits: dict[str, int] | None = None) -> str:
-    """A Markdown table of `mean ± std` cells, metric -> column label; `digits` per metric (default 3)."""
-    digits = digits or {}
+def format_table(summary: pd.DataFrame, metrics: list[str], *, factor_label: str) -> str:
+    """A Markdown table of `mean ± std` cells, one column per catalogued metric."""
     counts = {int(c) for m in metrics for c in summary[(m, "count")] if c > 0}
     n = "/".join(str(c) for c in sorted(counts))
-    header = [factor_label, *metrics.values()]
+    header = [factor_label, *(metric(m).label for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (kind, value), row in summary.iterrows():
-        label = "LM baseline" if kind == "lm" else f"{value:g}"
+        label = "LM baseline" if kind == BASELINE else f"{value:g}"
         cells = []
         for m in metrics:
-            mean, std, d = row[(m, "mean")], row[(m, "std")], digits.get(m, 3)
-            cells.append("–" if pd.isna(mean) else f"{mean:.{d}f}" + ("" if pd.isna(std) else f" ± {std:.{d}f}"))
+            mean, std, entry = row[(m, "mean")], row[(m, "std")], metric(m)
+            cells.append("–" if pd.isna(mean) else entry.format(mean) + ("" if pd.isna(std) else f" ± {entry.format(std)}"))
         lines.append("| " + " | ".join([label, *cells]) + " |")
     return "\n".join(lines) + f"\n\nmean ± std over seeds (n = {n})\n"

@@ -1,171 +1,186 @@
 """Sweeps: an experiment spec (experiments/*.toml) is a base config plus the grid of one factor.
 
+    spec = load_spec("experiments/kl_floor.toml")
+    runs = plan_runs(spec, preset_name="cpu", dataset=None, seeds=[0, 1, 2])   # PlannedRun per setting and seed
+    rows = run_sweep(spec, preset_name="cpu", dataset=None, seeds=[0], executor="serial")
+
 Each setting and seed becomes an MLflow child run under one parent run per (spec, preset, dataset).
 A re-run sweep skips children that finished (found by config hash and seed) and resumes the others
-from their checkpoints, so a sweep can be stopped and continued in pieces.
+from their checkpoints, so a sweep can be stopped and continued in pieces. A setting that another
+sweep already trained (the same config hash and seed: beta = 1 in kl-weight is lambda = 0 in kl-floor,
+and every LM row of a preset is one config) is not trained again: its child links to that run.
 
-A setting that another sweep already trained (the same config hash and seed, e.g. beta = 1 in kl-weight
-is lambda = 0 in kl-floor, and every LM row of a preset is one config) is not trained again: its child
-is a link (tag `gptvae.same_as`) to the finished run, and the exported results cite that run's id.
+How the runs are carried out is an executor's business (`gptvae.executors`: serial, pool, ...); one
+run's lifecycle is `gptvae.run.execute`.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import tomllib
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from gptvae.config import Config, ConfigError, ObjectiveConfig, apply_overrides, config_hash, preset
+from gptvae.families import BASELINE
+from gptvae.run import SUMMARY_KEYS, PlannedRun, RunTask, run_dir_for
+from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_NOTE, TAG_PRESET, TAG_SAME_AS, TAG_SEED,
+                             Tracker)
 
-from gptvae.config import Config, ConfigError, apply_overrides, config_hash, preset
-from gptvae.objective import ObjectiveConfig
-from gptvae.tracking import TAG_KIND, TAG_SAME_AS, Tracker, RunLogger
-
-SUMMARY_KEYS = ("valid.neg_elbo", "valid.rec", "valid.kl", "valid.iw_nll_per_token", "valid.mi", "valid.au",
-                "valid.lm_nll_per_token", "time.train_seconds", "time.eval_seconds")
+SPEC_KEYS = {"name", "factor", "values", "base", "baseline", "description", "label", "symbol"}
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    name: str                    # e.g. "kl-floor"; the MLflow experiment is "ablation-<name>"
+    name: str                    # e.g. "kl-floor": experiments/kl_floor.toml, `make ablation-kl-floor`
     factor: str                  # the config key that varies, e.g. "objective.free_bits"
     values: tuple                # its grid
     base: dict = field(default_factory=dict)  # overrides on top of the preset, shared by every run
-    baseline: bool = True        # also train the LM row (same decoder, no latent)
-    description: str = ""
+    baseline: bool = True        # also train the baseline row (the LM: the same decoder, no latent)
+    description: str = ""        # the question the sweep asks (MLflow note, paper)
+    label: str = ""              # the factor on axes and in tables, e.g. "λ (free bits, nats/dim)"
+    symbol: str = ""             # the factor in running text, e.g. "λ"
 
     @property
     def experiment(self) -> str:
         return f"ablation-{self.name}"
 
+    def setting(self, value) -> str:
+        """'λ = 0.25', or 'LM baseline' for None."""
+        return "LM baseline" if value is None else f"{self.symbol} = {value:g}"
+
+
+def spec_name(path: Path) -> str:
+    """experiments/kl_floor.toml is the spec "kl-floor", run by `make ablation-kl-floor`."""
+    return path.stem.replace("_", "-")
+
 
 def load_spec(path: str | Path) -> SweepSpec:
+    """Read and check a spec; every setting it plans is validated before anything trains."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"experiment spec {path} is a folder; give one of its specs: "
+                          f"{', '.join(sorted(p.name for p in path.glob('*.toml'))) or 'none'}")
     if not path.is_file():
         known = ", ".join(sorted(p.name for p in path.parent.glob("*.toml"))) or "none"
         raise ConfigError(f"experiment spec {path} does not exist; specs in {path.parent}: {known}")
-    with open(path, "rb") as handle:
-        raw = tomllib.load(handle)
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"experiment spec {path} is not valid TOML: {err}") from None
     missing = {"name", "factor", "values"} - set(raw)
     if missing:
         raise ConfigError(f"experiment spec {path} lacks {', '.join(sorted(missing))}")
-    spec = SweepSpec(name=raw["name"], factor=raw["factor"], values=tuple(raw["values"]),
-                     base=dict(raw.get("base", {})), baseline=bool(raw.get("baseline", True)),
-                     description=raw.get("description", ""))
-    apply_overrides(Config(), {**spec.base, spec.factor: spec.values[0]}).validate()  # fail before training
+    unknown = set(raw) - SPEC_KEYS
+    if unknown:
+        raise ConfigError(f"experiment spec {path} has unknown keys {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(sorted(SPEC_KEYS))}")
+    if raw["name"] != spec_name(path):
+        raise ConfigError(f"experiment spec {path} is named {raw['name']!r}; its file name makes it "
+                          f"{spec_name(path)!r} (`make ablation-{spec_name(path)}`): rename one of them")
+    values = raw["values"]
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"experiment spec {path}: values = {values!r}; allowed: a non-empty list, e.g. [0.1, 0.5]")
+    if len(set(map(repr, values))) != len(values):
+        raise ConfigError(f"experiment spec {path}: values = {values!r} repeats a value")
+    short = raw["factor"].rsplit(".", 1)[-1]
+    spec = SweepSpec(name=raw["name"], factor=raw["factor"], values=tuple(values), base=dict(raw.get("base", {})),
+                     baseline=bool(raw.get("baseline", True)), description=raw.get("description", ""),
+                     label=raw.get("label", raw["factor"]), symbol=raw.get("symbol", short))
+    if spec.factor in spec.base:
+        raise ConfigError(f"experiment spec {path} sets its factor {spec.factor} in [base] too; drop it there")
+    for value in spec.values:   # fail before training
+        apply_overrides(Config(), {**spec.base, spec.factor: value}).validate()
     return spec
 
 
-@dataclass(frozen=True)
-class PlannedRun:
-    name: str       # MLflow run name, e.g. "free_bits=0.25 seed=0"
-    kind: str       # "vae" or "lm"
-    value: object   # the factor's value (None for the LM row)
-    cfg: Config
+def load_specs(folder: str | Path = "experiments") -> list[SweepSpec]:
+    """Every spec in a folder, by name."""
+    return sorted((load_spec(p) for p in Path(folder).glob("*.toml")), key=lambda s: s.name)
 
 
 def plan_runs(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, overrides=()) -> list[PlannedRun]:
+    """Every (setting, seed) of a sweep, the baseline row last within each seed."""
     base = apply_overrides(apply_overrides(preset(preset_name, dataset=dataset), spec.base), overrides)
+    overridden = {item.partition("=")[0].strip() for item in overrides} if not isinstance(overrides, dict) \
+        else set(overrides)
+    if spec.factor in overridden:
+        raise ConfigError(f"--set {spec.factor}=... overrides the factor this sweep varies ({spec.name}: "
+                          f"{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in spec.values)}); "
+                          "drop it, or write a spec with the grid you want")
     short = spec.factor.split(".")[-1]
     runs = []
     for seed in seeds:
         for value in spec.values:
             cfg = apply_overrides(base, {spec.factor: value, "train.seed": seed}).validate()
-            runs.append(PlannedRun(f"{short}={value} seed={seed}", "vae", value, cfg))
+            runs.append(PlannedRun(f"{short}={value} seed={seed}", cfg.model.kind, value, cfg))
         if spec.baseline:
-            # the LM has no latent, so the objective's knobs do not touch it: one config per preset
-            cfg = replace(apply_overrides(base, {"model.kind": "lm", "train.seed": seed}),
+            # the baseline has no latent, so the objective's knobs do not touch it: one config per preset
+            cfg = replace(apply_overrides(base, {"model.kind": BASELINE, "train.seed": seed}),
                           objective=ObjectiveConfig()).validate()
-            runs.append(PlannedRun(f"LM baseline seed={seed}", "lm", None, cfg))
+            runs.append(PlannedRun(f"LM baseline seed={seed}", BASELINE, None, cfg))
     return runs
 
 
-def run_dir_for(root: Path, experiment: str, cfg: Config) -> Path:
-    return Path(root) / experiment / f"{config_hash(cfg)}-seed{cfg.train.seed}"
+def sweep_key(spec: SweepSpec, preset_name: str, dataset: str, overrides) -> str:
+    return f"{spec.name}|{preset_name}|{dataset}|{'|'.join(sorted(overrides))}"
 
 
-def execute(run: PlannedRun, *, experiment: str, parent_id: str | None, runs_root: Path, tracker: Tracker,
-            progress: bool = True, tags: dict | None = None) -> dict:
-    """Train one planned run into its MLflow child, unless it already finished. Returns a summary row."""
-    cfg = run.cfg
-    exp_id = tracker.experiment_id(experiment)
-    run_id, status = tracker.child_run(exp_id, config_hash=config_hash(cfg), seed=cfg.train.seed, name=run.name,
-                                       parent_id=parent_id, tags={TAG_KIND: run.kind, **(tags or {})})
-    row = {"name": run.name, "kind": run.kind, "value": run.value, "seed": cfg.train.seed, "run_id": run_id}
-    if status == "FINISHED":
-        return {**row, "status": "skipped (finished)", **_final_metrics(tracker, run_id)}
-    twin = tracker.finished_twin(config_hash=config_hash(cfg), seed=cfg.train.seed, exclude_run=run_id)
-    if twin is not None:
-        tracker.set_tags(run_id, {TAG_SAME_AS: twin.info.run_id})
-        tracker.set_status(run_id, "FINISHED")
-        return {**row, "status": f"reused {twin.info.run_id[:8]}", **{k: twin.data.metrics.get(k) for k in SUMMARY_KEYS}}
-
-    run_dir = run_dir_for(runs_root, experiment, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return {**row, "status": "skipped (running in another process)"}
-
-        from gptvae.train import train   # heavy imports only where training happens
-
-        tracker.set_status(run_id, "RUNNING")
-        logger = RunLogger(tracker, run_id)
-        try:
-            result = train(cfg, run_dir=run_dir, logger=logger, progress=progress)
-        except BaseException as err:
-            logger.flush()
-            tracker.set_status(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-            raise
-        tracker.set_status(run_id, "FINISHED")
-    status = "resumed" if result.resumed_from else "trained"
-    return {**row, "status": status, **{k: result.final.get(k) for k in SUMMARY_KEYS}}
+def plan_status(runs: list[PlannedRun], *, experiment: str, runs_root: str | Path,
+                tracker: Tracker | None) -> list[dict]:
+    """What a sweep would do with each planned run, read from the store (None: no store yet) without changing it."""
+    finished: dict[tuple[str, str], list] = {}
+    for r in tracker.finished_runs() if tracker else []:
+        finished.setdefault((r.data.tags[TAG_HASH], r.data.tags[TAG_SEED]), []).append(r)
+    exp_id = tracker.find_experiment(experiment) if tracker else None
+    rows = []
+    for run in runs:
+        key = (run.config_hash, str(run.seed))
+        here = [r for r in finished.get(key, []) if r.info.experiment_id == exp_id]
+        trained = [r for r in finished.get(key, []) if TAG_SAME_AS not in r.data.tags]
+        if here and TAG_SAME_AS not in here[0].data.tags:
+            status = f"finished ({here[0].info.run_id[:8]})"
+        elif here:
+            status = f"link to {here[0].data.tags[TAG_SAME_AS][:8]}"
+        elif trained:
+            status = f"link to {trained[0].info.run_id[:8]} (trained in another sweep)"
+        elif (run_dir_for(runs_root, experiment, run.cfg) / "checkpoint.pt").is_file():
+            status = "to resume"
+        else:
+            status = "to train"
+        rows.append({"name": run.name, "seed": run.seed, "config_hash": run.config_hash, "status": status})
+    return rows
 
 
-def _final_metrics(tracker: Tracker, run_id: str) -> dict:
-    metrics = tracker.resolve(run_id).data.metrics
-    return {k: metrics.get(k) for k in SUMMARY_KEYS}
+def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, jobs: int = 1,
+              executor: str | None = None, overrides=(), runs_root: str | Path = "runs",
+              tracker: Tracker | None = None, progress: bool = True) -> list[dict]:
+    """Train every planned run of a sweep with an executor (default: serial for one job, pool for more)."""
+    from tqdm.auto import tqdm
 
+    from gptvae.executors import get_executor
 
-def _execute_in_worker(run: PlannedRun, experiment: str, parent_id: str, runs_root: str, uri: str, threads: int) -> dict:
-    import torch
-
-    torch.set_num_threads(threads)
-    return execute(run, experiment=experiment, parent_id=parent_id, runs_root=Path(runs_root),
-                   tracker=Tracker(uri), progress=False)
-
-
-def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, jobs: int = 1, overrides=(),
-              runs_root: str | Path = "runs", tracker: Tracker | None = None, progress: bool = True) -> list[dict]:
     tracker = tracker or Tracker()
     runs = plan_runs(spec, preset_name=preset_name, dataset=dataset, seeds=seeds, overrides=overrides)
     dataset = runs[0].cfg.data.dataset
     exp_id = tracker.experiment_id(spec.experiment)
-    sweep_key = f"{spec.name}|{preset_name}|{dataset}|{'|'.join(sorted(overrides))}"
-    parent_id = tracker.parent_run(exp_id, sweep_key, name=f"{spec.name} ({preset_name}, {dataset})",
-                                   tags={"gptvae.factor": spec.factor, "gptvae.preset": preset_name,
-                                         "gptvae.dataset": dataset, "mlflow.note.content": spec.description})
+    parent_id = tracker.parent_run(exp_id, sweep_key(spec, preset_name, dataset, overrides),
+                                   name=f"{spec.name} ({preset_name}, {dataset})",
+                                   tags={TAG_FACTOR: spec.factor, TAG_PRESET: preset_name, TAG_DATASET: dataset,
+                                         TAG_NOTE: spec.description})
     tracker.set_status(parent_id, "RUNNING")
+    tasks = [RunTask(run=run, experiment=spec.experiment, parent_id=parent_id, runs_root=str(runs_root),
+                     tracking_uri=tracker.uri, progress=progress) for run in runs]
+    chosen = get_executor(executor or ("serial" if jobs <= 1 else "pool"), jobs=jobs)
 
     rows: list[dict] = []
     try:
-        if jobs <= 1:
-            for run in tqdm(runs, desc=spec.experiment, unit="run", disable=not progress, position=1):
-                rows.append(execute(run, experiment=spec.experiment, parent_id=parent_id,
-                                    runs_root=Path(runs_root), tracker=tracker, progress=progress))
-        else:
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(_execute_in_worker, run, spec.experiment, parent_id, str(runs_root),
-                                       tracker.uri, threads) for run in runs]
-                for future in tqdm(as_completed(futures), total=len(futures), desc=spec.experiment, unit="run",
-                                   disable=not progress):
-                    rows.append(future.result())
+        for row in tqdm(chosen.run(tasks), total=len(tasks), desc=spec.experiment, unit="run",
+                        disable=not progress, position=1):
+            rows.append(row)
+    except KeyboardInterrupt:
+        tracker.set_status(parent_id, "KILLED")
+        raise
     except BaseException:
         tracker.set_status(parent_id, "FAILED")
         raise
@@ -174,10 +189,22 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
     return sorted(rows, key=lambda r: order[r["name"]])
 
 
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
+
+
 def format_rows(rows: list[dict]) -> str:
     """A plain-text table of a sweep's outcome."""
-    header = ["run", "status", *SUMMARY_KEYS]
-    table = [header] + [[r["name"], r["status"], *("-" if r.get(k) is None else f"{r[k]:.3f}" for k in SUMMARY_KEYS)]
-                        for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table)
+    return format_table(["run", "status", *SUMMARY_KEYS],
+                        [[r["name"], r["status"], *("-" if r.get(k) is None else f"{r[k]:.3f}" for k in SUMMARY_KEYS)]
+                         for r in rows])
+
+
+def format_plan(rows: list[dict]) -> str:
+    return format_table(["run", "seed", "config hash", "status"],
+                        [[r["name"], str(r["seed"]), r["config_hash"], r["status"]] for r in rows])
+
+
+__all__ = ["PlannedRun", "SweepSpec", "config_hash", "format_plan", "format_rows", "load_spec", "load_specs",
+           "plan_runs", "plan_status", "run_sweep"]

@@ -5,8 +5,7 @@ MLFLOW_TRACKING_URI says otherwise. Several processes may write to one SQLite st
 write takes an exclusive file lock beside the database and is retried while SQLite reports a lock,
 so concurrent sweeps neither fail nor lose a run.
 
-Metrics are buffered and written in batches (`RunLogger.flush`) right before a checkpoint is saved.
-A resumed run skips the steps already in the store, so nothing is logged twice.
+What one run logs, and in what order, is `gptvae.run`'s; this module only reaches the store.
 """
 
 from __future__ import annotations
@@ -20,14 +19,25 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from gptvae.errors import TrackingError
+
 DEFAULT_URI = "sqlite:///mlflow.db"
-TAG_HASH, TAG_SEED, TAG_SWEEP, TAG_KIND = "gptvae.config_hash", "gptvae.seed", "gptvae.sweep_key", "gptvae.kind"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_SAME_AS = "gptvae.same_as"   # a child that reuses a finished run of the same config and seed, trained elsewhere
 
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used. The message names the URI and how to fix it."""
+# every tag the suite writes or reads
+TAG_HASH = "gptvae.config_hash"        # a child: its setting's config_hash
+TAG_SEED = "gptvae.seed"               # a child: its seed
+TAG_KIND = "gptvae.kind"               # a child: its model family (model.kind)
+TAG_SAME_AS = "gptvae.same_as"         # a child that reuses a finished run of the same setting and seed
+TAG_CHECKPOINT = "gptvae.checkpoint"   # a trained run: the absolute path of its checkpoint
+TAG_GIT = "gptvae.git_commit"          # a trained run: the commit it ran from, "+dirty" with local changes
+TAG_DEVICE = "gptvae.device"
+TAG_AUTOCAST = "gptvae.autocast"
+TAG_SWEEP = "gptvae.sweep_key"         # a parent: spec | preset | dataset | overrides
+TAG_FACTOR = "gptvae.factor"           # a parent: the config key its sweep varies
+TAG_PRESET = "gptvae.preset"
+TAG_DATASET = "gptvae.dataset"
+TAG_PARENT = "mlflow.parentRunId"      # MLflow's own: nests children under their parent in the UI
+TAG_NOTE = "mlflow.note.content"       # MLflow's own: the description shown in the UI
 
 
 def tracking_uri() -> str:
@@ -39,6 +49,12 @@ def _sqlite_path(uri: str) -> Path | None:
         return None
     path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
     return Path(path) if path else None
+
+
+def store_exists(uri: str) -> bool:
+    """False only for a SQLite store whose file does not exist yet (nothing can be in it)."""
+    path = _sqlite_path(uri)
+    return path is None or path.exists()
 
 
 def check_uri(uri: str, *, timeout: float = 5.0) -> None:
@@ -111,6 +127,19 @@ class Tracker:
             return found.experiment_id if found else self.client.create_experiment(name)
 
         return self.call(get_or_create)
+
+    def find_experiment(self, name: str) -> str | None:
+        found = self.call(self.client.get_experiment_by_name, name)
+        return found.experiment_id if found else None
+
+    def finished_runs(self) -> list:
+        """Every FINISHED child run (trained or linked) of any experiment, oldest first."""
+        def search():
+            ids = [e.experiment_id for e in self.client.search_experiments()]
+            return self.client.search_runs(ids, filter_string="attributes.status = 'FINISHED'",
+                                           max_results=50_000, order_by=["attributes.start_time ASC"])
+
+        return [r for r in self.call(search) if TAG_HASH in r.data.tags]
 
     def find_runs(self, experiment_id: str, tags: dict[str, str]) -> list:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -207,22 +236,3 @@ class Tracker:
 
     def run(self, run_id: str):
         return self.call(self.client.get_run, run_id)
-
-
-class RunLogger:
-    """Buffers metric points for one run and writes them in batches, never twice for a step."""
-
-    def __init__(self, tracker: Tracker, run_id: str, *, progress_key: str = "train/loss"):
-        self.tracker, self.run_id, self.progress_key = tracker, run_id, progress_key
-        self.buffer: list[tuple[str, float, int]] = []
-        self.logged_through = tracker.last_step(run_id, progress_key)
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        if step > self.logged_through:
-            self.buffer.extend((k, v, step) for k, v in metrics.items())
-
-    def flush(self) -> None:
-        if self.buffer:
-            self.tracker.log_metrics(self.run_id, self.buffer)
-            self.logged_through = max(s for _, _, s in self.buffer)
-            self.buffer = []

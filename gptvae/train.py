@@ -1,130 +1,41 @@
 """Training: AdamW with warm-up and cosine decay, bf16 autocast, atomic checkpoints, exact resume.
 
-    result = train(cfg, run_dir=Path("runs/x"), logger=RunLogger(...))
+    trained = train(cfg, run_dir=Path("runs/x"))     # -> Trained(model, corpus, step, ...)
 
 Determinism: the model is initialised from `train.seed`, the batch order of epoch e is a function of
 (seed, e) alone, and the checkpoint holds the RNG state; so a run killed at any point and resumed from
 its last checkpoint ends with exactly the numbers of an uninterrupted run.
+
+This module is the loop and nothing else. What a run logs, evaluates and keeps is `gptvae.run`'s.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from gptvae.config import Config, ConfigError, config_from_dict, config_hash
-from gptvae.data import Corpus, Split, batch_plan, collate, load_corpus
-from gptvae.metrics import active_units, evaluate
-from gptvae.model import build_model, num_parameters
+from gptvae.data import VALIDATION_SEED, Corpus, Split, batch_plan, collate, load_data, subset
+from gptvae.errors import NonFiniteLossError
+from gptvae.device import autocast_context, bf16_is_fast, pick_device
+from gptvae.families import build_model
+from gptvae.files import CHECKPOINT, CheckpointError, atomic_write_json, load_checkpoint, save_checkpoint
+from gptvae.metrics import active_units
 from gptvae.objective import beta_at, objective
 
-CHECKPOINT = "checkpoint.pt"
-RESULT = "result.json"
-VALIDATION_SEED = 1234   # every run validates on the same subset with the same noise
+class Logger(Protocol):
+    """Where the loop reports. `gptvae.run.RunLogger` writes to MLflow; tests may pass None."""
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing or unreadable. It is never deleted for you."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf. The last good checkpoint is kept."""
-
-
-# devices and precision
-
-def pick_device(name: str | None = None) -> torch.device:
-    if name and name != "auto":
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """bf16 autocast pays on CUDA and on CPUs with AMX or AVX512-BF16 (about 2x per step here)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-                or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
-
-
-def autocast_context(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
-# atomic files
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data) -> None:
-    atomic_write_bytes(path, lambda h: h.write(json.dumps(data, indent=2, sort_keys=True).encode()))
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write_bytes(path, lambda h: torch.save(state, h))
-
-
-def load_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: nothing to resume (train without --resume to start a new run)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing = {"step", "model", "optimizer", "scheduler", "rng", "config"} - set(state)
-        if missing:
-            raise ValueError(f"missing entries {sorted(missing)}")
-        return state
-    except Exception as err:
-        reason = (str(err).strip().splitlines() or [""])[0][:160]   # torch's messages run to pages
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a gptvae checkpoint ({type(err).__name__}: {reason}). "
-            "It was left untouched; move it away to start the run from scratch."
-        ) from None
-
-
-# data helpers
-
-def subset(split: Split, n: int | None, *, seed: int) -> Split:
-    """A fixed random subset of n sequences (all of them when n is None or too large)."""
-    if n is None or n >= len(split):
-        return split
-    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return Split([split.sequences[i] for i in index.tolist()], {k: v[index] for k, v in split.labels.items()})
-
-
-def load_data(cfg: Config) -> Corpus:
-    d = cfg.data
-    return load_corpus(d.dataset, max_len=d.max_len, chunk_len=d.chunk_len,
-                       synthetic_sizes=(d.synthetic_train, d.synthetic_eval, d.synthetic_eval))
+    def start(self, *, model, corpus: Corpus, device: torch.device, autocast: bool) -> None: ...
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def flush(self) -> None: ...
 
 
 # optimisation
@@ -155,7 +66,7 @@ def validate(model, split: Split, cfg: Config, *, device, autocast: bool) -> dic
     model.eval()
     rec = kl = 0.0
     tokens = 0
-    mus = []
+    means = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(VALIDATION_SEED)
         for index in batch_plan(split.lengths, max_tokens=cfg.eval.batch_tokens, shuffle=False):
@@ -165,47 +76,40 @@ def validate(model, split: Split, cfg: Config, *, device, autocast: bool) -> dic
             rec += float(terms.rec)
             kl += float(terms.kl)
             tokens += terms.tokens
-            if model.has_latent:
-                mus.append(model.posterior(x)[0].float().cpu())
+            means.append(terms.posterior.mean.float().cpu())
     model.train(was_training)
     n = len(split)
     out = {"val/rec": rec / n, "val/kl": kl / n, "val/neg_elbo": (rec + kl) / n,
            "val/nll_bound_per_token": (rec + kl) / tokens}
-    if mus:
-        out["val/au"] = float(active_units(torch.cat(mus)))
+    mean = torch.cat(means)
+    if mean.shape[-1] > 0:   # active units need a latent
+        out["val/au"] = float(active_units(mean))
     return out
 
 
 # the loop
 
 @dataclass
-class TrainResult:
-    run_dir: Path
-    final: dict[str, float]       # final evaluation, "valid.iw_nll" style keys
-    seconds: float
-    resumed_from: int | None
+class Trained:
+    model: torch.nn.Module
+    corpus: Corpus
+    device: torch.device
+    autocast: bool
+    step: int                   # optimiser steps the model has taken
+    total_steps: int            # cfg.train.steps
+    resumed_from: int | None    # the checkpoint step this process started from
+    train_seconds: float        # wall time of training and validation, all pieces of the run together
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
 
 
-def _git_commit() -> str:
-    """HEAD of the checkout the package runs from, with "+dirty" when it has uncommitted changes."""
-    import subprocess
+def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress: bool = True,
+          resume: bool = True, device: str | None = None, stop_after: int | None = None) -> Trained:
+    """Train one model to cfg.train.steps, checkpointing to run_dir (resuming from it when it exists).
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-
-    try:
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-        return git("rev-parse", "HEAD") + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def train(cfg: Config, *, run_dir: Path, logger=None, progress: bool = True, resume: bool = True,
-          device: str | None = None, stop_after: int | None = None) -> TrainResult:
-    """Train one model, checkpointing to run_dir, and evaluate it at the end.
-
-    logger: an optional tracking.RunLogger; metrics go to it in batches, right before each checkpoint.
+    logger: metrics go to it in batches, flushed right before each checkpoint.
     stop_after: stop (as if killed) after this many steps; tests use it to exercise resume.
     """
     cfg.validate()
@@ -214,7 +118,7 @@ def train(cfg: Config, *, run_dir: Path, logger=None, progress: bool = True, res
     use_autocast = cfg.train.autocast and bf16_is_fast(device)
     started = time.time()
 
-    corpus = load_data(cfg)
+    corpus = load_data(cfg.data)
     train_split, valid_split = corpus.splits["train"], corpus.splits["valid"]
     longest = int(max(s.lengths.max() for s in corpus.splits.values()))
     if longest > cfg.model.max_seq_len:
@@ -228,7 +132,7 @@ def train(cfg: Config, *, run_dir: Path, logger=None, progress: bool = True, res
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
 
     ckpt_path = run_dir / CHECKPOINT
-    start_step, resumed_from = 0, None
+    start_step, resumed_from, seconds_before = 0, None, 0.0
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         if config_hash(config_from_dict(state["config"])) != config_hash(cfg):
@@ -240,15 +144,15 @@ def train(cfg: Config, *, run_dir: Path, logger=None, progress: bool = True, res
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         start_step = resumed_from = int(state["step"])
+        seconds_before = float(state.get("train_seconds", 0.0))
     else:
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
 
     if logger is not None and start_step == 0:
-        logger.tracker.log_params(logger.run_id, {**cfg.flat(), "model.num_parameters": num_parameters(model),
-                                                  "data.vocab_size": len(corpus.vocab)})
-        logger.tracker.set_tags(logger.run_id, {"gptvae.git_commit": _git_commit(), "gptvae.device": device.type,
-                                                "gptvae.autocast": use_autocast,
-                                                "gptvae.checkpoint": str(ckpt_path.resolve())})
+        logger.start(model=model, corpus=corpus, device=device, autocast=use_autocast)
+
+    def elapsed() -> float:
+        return seconds_before + time.time() - started
 
     def checkpoint(step: int) -> None:
         if logger is not None:
@@ -258,11 +162,13 @@ def train(cfg: Config, *, run_dir: Path, logger=None, progress: bool = True, res
             rng["cuda"] = torch.cuda.get_rng_state()
         save_checkpoint(ckpt_path, {"step": step, "config": cfg.to_dict(), "model": model.state_dict(),
                                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                    "rng": rng, "vocab_size": len(corpus.vocab)})
+                                    "rng": rng, "vocab_size": len(corpus.vocab), "train_seconds": elapsed()})
 
     if cfg.train.compile:
-        for module in (getattr(model, "net", model).decoder, getattr(getattr(model, "net", None), "encoder", None)):
-            if module is not None:
+        from x_transformers import TransformerWrapper
+
+        for module in model.modules():   # the x-transformers stacks the families call
+            if isinstance(module, TransformerWrapper):
                 module.compile(dynamic=True)   # bucketed batches vary in shape
 
     @functools.lru_cache(maxsize=1)
@@ -277,6 +183,7 @@ def train(cfg: Config, *, run_dir: Path, logger=None, progress: bool = True, res
     model.train()
     bar = tqdm(total=steps, initial=start_step, disable=not progress, desc=run_dir.name, unit="step",
                dynamic_ncols=True, leave=False)
+    step = start_step
     for step in range(start_step, steps):
         if stop_after is not None and step >= stop_after:
             break
@@ -327,78 +234,9 @@ def train(cfg: Config, *, run_dir: Path, logger=None, progress: bool = True, res
             if logger is not None:
                 logger.log(val, done)
             checkpoint(done)
+        step = done
         bar.update(1)
     bar.close()
 
-    if stop_after is not None and stop_after < steps:
-        return TrainResult(run_dir, {}, time.time() - started, resumed_from)
-
-    trained = time.time()
-    final = final_evaluation(model, corpus, cfg, device=device, autocast=use_autocast, progress=progress)
-    # wall time of this process: loading + training (a resumed run counts only its own part), then evaluation
-    final["time.train_seconds"] = trained - started
-    final["time.eval_seconds"] = time.time() - trained
-    atomic_write_json(run_dir / RESULT, final)
-    if logger is not None:
-        params = {k: v for k, v in final.items() if k.split(".", 1)[-1] in ("iw_samples", "mi_samples", "n_sequences", "mc_samples")}
-        logger.tracker.log_params(logger.run_id, params)
-        logger.tracker.log_metrics(logger.run_id, [(k, v, steps) for k, v in final.items() if k not in params])
-        write_samples(model, corpus, cfg, run_dir / "samples.txt", device=device)
-        atomic_write_bytes(run_dir / "checkpoint_path.txt", lambda h: h.write(f"{ckpt_path.resolve()}\n".encode()))
-        for name in ("samples.txt", "config.json", "checkpoint_path.txt"):
-            logger.tracker.log_artifact(logger.run_id, run_dir / name)
-    return TrainResult(run_dir, final, time.time() - started, resumed_from)
-
-
-def final_evaluation(model, corpus: Corpus, cfg: Config, *, device, autocast: bool,
-                     progress: bool = False) -> dict[str, float]:
-    """REFERENCE 3 metrics on each configured split, as {"valid.iw_nll": ..., "valid.iw_samples": K, ...}."""
-    out = {}
-    probe = subset(corpus.splits["train"], 5_000, seed=VALIDATION_SEED) if model.has_latent else None
-    for name in cfg.eval.splits:
-        split = subset(corpus.splits[name], cfg.eval.max_sequences, seed=VALIDATION_SEED)
-        result = evaluate(model, split, iw_samples=cfg.eval.iw_samples, mc_samples=cfg.eval.mc_samples,
-                          max_tokens=cfg.eval.batch_tokens, seed=cfg.train.seed,
-                          probe_split=probe if probe is not None and split.labels else None, autocast=autocast,
-                          progress=progress)
-        out.update({f"{name}.{k}": v for k, v in result.items()})   # counts stay ints
-    return out
-
-
-@torch.no_grad()
-def decode_samples(model, corpus: Corpus, cfg: Config, *, device) -> list[tuple[str, str]]:
-    """(section, text) pairs: prior samples, reconstructions, an interpolation, LM-path samples.
-
-    Seeded by train.seed, so a checkpoint always decodes to the same texts.
-    """
-    from gptvae.data import BOS
-
-    n, vocab = cfg.eval.num_samples, corpus.vocab
-    torch.manual_seed(cfg.train.seed)
-    prompts = torch.full((n, 1), BOS, dtype=torch.long, device=device)
-    budget = cfg.model.max_seq_len - 1
-    out = []
-    if model.has_latent:
-        out += [("prior", vocab.decode(s)) for s in model.generate(prompts, max_new_tokens=budget, prior=True)]
-        ref = subset(corpus.splits["valid"], n, seed=VALIDATION_SEED)
-        x = collate(ref, torch.arange(len(ref))).to(device)
-        recon = model.generate(prompts[: len(ref)], max_new_tokens=budget, reference=x)
-        out += [("reconstruction", f"{vocab.decode(a)}  =>  {vocab.decode(b)}") for a, b in zip(x, recon)]
-        mu, _ = model.posterior(x[:2])
-        for t in torch.linspace(0, 1, 5).tolist():   # greedy decoding along the line between two posterior means
-            z = (1 - t) * mu[0] + t * mu[1]
-            text = vocab.decode(model.generate(prompts[:1], max_new_tokens=budget, z=z, temperature=0.0)[0])
-            out.append(("interpolation", f"t={t:.2f}  {text}"))
-    out += [("no latent", vocab.decode(s)) for s in model.generate(prompts, max_new_tokens=budget)]
-    return out
-
-
-def write_samples(model, corpus: Corpus, cfg: Config, path: Path, *, device) -> None:
-    """The decoded samples as a text file, one section after another: the artifact people read."""
-    lines, section = [], None
-    for name, text in decode_samples(model, corpus, cfg, device=device):
-        if name != section:
-            lines += ([""] if section else []) + [f"# {name}"]
-            section = name
-        lines.append(text)
-    atomic_write_bytes(path, lambda h: h.write(("\n".join(lines) + "\n").encode()))
+    return Trained(model=model, corpus=corpus, device=device, autocast=use_autocast, step=step, total_steps=steps,
+                   resumed_from=resumed_from, train_seconds=elapsed())

@@ -9,11 +9,14 @@ from mlflow.tracking import MlflowClient
 from gptvae.cli import main
 from gptvae.config import apply_overrides, preset
 from gptvae.data import BOS, EOS, Split, Vocab, read_split, synthetic_exact_nll
+from gptvae.config import ModelConfig
+from gptvae.data import load_data
+from gptvae.evaluation import final_evaluation
+from gptvae.families import build_model
 from gptvae.metrics import evaluate
-from gptvae.model import ModelConfig, build_model
-from gptvae.sweep import PlannedRun, execute
+from gptvae.run import PlannedRun, RunTask, execute
 from gptvae.tracking import Tracker
-from gptvae.train import load_data, train
+from gptvae.train import train
 
 SYNTHETIC = {"data.dataset": "synthetic", "data.synthetic_train": 2_000, "data.synthetic_eval": 200,
              "train.steps": 60, "train.eval_every": 30, "train.batch_tokens": 2_048, "train.lr": 3e-3,
@@ -22,9 +25,10 @@ SYNTHETIC = {"data.dataset": "synthetic", "data.synthetic_train": 2_000, "data.s
 
 def test_trained_model_iw_nll_is_not_below_the_exact_data_entropy(tmp_path):
     cfg = apply_overrides(preset("smoke"), SYNTHETIC).validate()
-    result = train(cfg, run_dir=tmp_path, progress=False).final
-    test = load_data(cfg).splits["test"]
-    vocab = load_data(cfg).vocab
+    trained = train(cfg, run_dir=tmp_path, progress=False)
+    result = final_evaluation(trained.model, trained.corpus, cfg, autocast=trained.autocast)
+    test = load_data(cfg.data).splits["test"]
+    vocab = load_data(cfg.data).vocab
     exact = torch.tensor([synthetic_exact_nll(vocab.decode(s)) for s in test.sequences], dtype=torch.float64)
 
     assert result["test.n_sequences"] == 200 and result["test.n_tokens"] == 200 * 67   # 66 chars + EOS
@@ -53,8 +57,8 @@ def test_evaluate_command_logs_into_the_same_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     cfg = apply_overrides(preset("smoke"), {**SYNTHETIC, "train.steps": 6, "eval.splits": ("valid",),
                                             "eval.max_sequences": 16}).validate()
-    row = execute(PlannedRun("vae", "vae", None, cfg), experiment="evaluate-test", parent_id=None,
-                  runs_root=tmp_path / "runs", tracker=Tracker(uri), progress=False)
+    row = execute(RunTask(run=PlannedRun("vae", "vae", None, cfg), experiment="evaluate-test", parent_id=None,
+                          runs_root=str(tmp_path / "runs"), tracking_uri=uri, progress=False))
 
     argv = ["evaluate", row["run_id"], "--split", "test", "--iw-samples", "4", "--max-sequences", "16"]
     assert main(argv) == 0

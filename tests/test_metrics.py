@@ -17,18 +17,16 @@ import pytest
 import torch
 from torch import nn
 
-from gptvae import metrics
+from gptvae.latents import DiagonalGaussian, StandardNormal
 from gptvae.metrics import (
     active_units,
-    diagonal_gaussian_log_prob,
     evaluate,
     importance_weighted_nll,
     minibatch_mutual_information,
     mutual_information,
     perplexity,
     posterior_mean_variance,
-    posterior_moments,
-    standard_normal_log_prob,
+    posteriors,
 )
 
 F64 = torch.float64
@@ -46,6 +44,7 @@ class LinearGaussian:
         self.b = torch.randn(obs_dim, generator=g, dtype=F64)
         self.post_var = 1.0 / (1.0 + self.sigma2 / s**2)             # diag(M^-1)
         self.mean_shift, self.var_scale = mean_shift, var_scale
+        self.prior = StandardNormal(self.D)
 
     def sample(self, n, *, seed):
         g = torch.Generator().manual_seed(seed)
@@ -57,11 +56,11 @@ class LinearGaussian:
     def posterior(self, x):
         mu = self.post_var * ((x - self.b) @ self.W) / self.s**2 + self.mean_shift
         logvar = (self.post_var * self.var_scale).log().expand_as(mu)
-        return mu, logvar
+        return DiagonalGaussian(mu, logvar)
 
     def log_likelihood(self, x, z):
         mean = z.to(F64) @ self.W.T + self.b
-        return diagonal_gaussian_log_prob(x, mean, torch.full_like(x, 2 * math.log(self.s)))
+        return DiagonalGaussian(mean, torch.full_like(mean, 2 * math.log(self.s))).log_prob(x)
 
     # closed forms
 
@@ -80,12 +79,9 @@ class LinearGaussian:
 
 def flipped_iw_nll(model, x, num_samples, *, generator):
     """The AdaVAE bug: prior and posterior terms with swapped signs in the importance weight."""
-    mu, logvar = model.posterior(x)
-    z = metrics.sample_posterior(mu, logvar, num_samples, generator=generator)
-    log_w = torch.stack([
-        model.log_likelihood(x, zk) - standard_normal_log_prob(zk) + diagonal_gaussian_log_prob(zk, mu, logvar)
-        for zk in z
-    ])
+    q = model.posterior(x)
+    z = q.sample(num_samples, generator=generator)
+    log_w = torch.stack([model.log_likelihood(x, zk) - model.prior.log_prob(zk) + q.log_prob(zk) for zk in z])
     return -(torch.logsumexp(log_w, 0) - math.log(num_samples))
 
 
@@ -142,7 +138,7 @@ def test_iw_nll_float32_model():
     # the weights are computed in float64 from the very z the model saw, even for a float32 model
     class Float32(LinearGaussian):
         def posterior(self, x):
-            return tuple(t.float() for t in super().posterior(x))
+            return super().posterior(x).to(torch.float32)
 
         def log_likelihood(self, x, z):
             return super().log_likelihood(x, z).float()
@@ -161,8 +157,7 @@ def test_mi_converges_to_closed_form():
     exact = model.mutual_information
     errors = {}
     for n in (300, 10_000):
-        mu, logvar = model.posterior(model.sample(n, seed=n))
-        estimate = mutual_information(mu, logvar, generator=gen(n))
+        estimate = mutual_information(model.posterior(model.sample(n, seed=n)), generator=gen(n))
         assert estimate <= math.log(n)
         errors[n] = abs(estimate - exact)
     # measured: 4.07 at N = 300 (a known downward bias), 4.34 at N = 10,000
@@ -172,8 +167,8 @@ def test_mi_converges_to_closed_form():
 
 def test_mi_low_information_dims():
     model = LinearGaussian([1.0, 1.0, 0.25, 0.05])  # 0.83 nats
-    mu, logvar = model.posterior(model.sample(10_000, seed=0))
-    assert mutual_information(mu, logvar, generator=gen()) == pytest.approx(model.mutual_information, abs=0.05)
+    q = model.posterior(model.sample(10_000, seed=0))
+    assert mutual_information(q, generator=gen()) == pytest.approx(model.mutual_information, abs=0.05)
 
 
 def test_mi_saturates_near_log_n():
@@ -181,8 +176,7 @@ def test_mi_saturates_near_log_n():
     # not strict: E_q[log q] replaces log q(z_i|x_i), whose mean over N rows has std sqrt(D / 2N)
     model = LinearGaussian([2.0] * 64, obs_dim=80)
     n = 300
-    mu, logvar = model.posterior(model.sample(n, seed=0))
-    estimate = mutual_information(mu, logvar, generator=gen())
+    estimate = mutual_information(model.posterior(model.sample(n, seed=0)), generator=gen())
     slack = 4 * math.sqrt(64 / (2 * n))
     assert math.log(n) - 0.5 < estimate < math.log(n) + slack
 
@@ -194,19 +188,20 @@ def test_mi_matches_direct_formula():
     mu = torch.randn(n, d, generator=g, dtype=F64)
     logvar = torch.empty(n, d, dtype=F64).uniform_(-9.0, 1.0, generator=g)
     z = mu + torch.randn(n, d, generator=gen(6)).to(F64) * (0.5 * logvar).exp()
-    log_q = diagonal_gaussian_log_prob(z[:, None], mu[None], logvar[None])          # (i, j)
+    var = logvar.exp()
+    log_q = -0.5 * (math.log(2 * math.pi) + logvar[None] + (z[:, None] - mu[None]).square() / var[None]).sum(-1)  # (i, j)
     neg_entropy = -0.5 * (d * math.log(2 * math.pi) + (1 + logvar).sum(-1))
     direct = (neg_entropy.mean() - (torch.logsumexp(log_q, 1) - math.log(n)).mean()).item()
-    assert mutual_information(mu, logvar, generator=gen(6)) == pytest.approx(direct, abs=1e-9)
+    assert mutual_information(DiagonalGaussian(mu, logvar), generator=gen(6)) == pytest.approx(direct, abs=1e-9)
 
 
 def test_minibatch_mi_depends_on_batch_size():
     model = LinearGaussian([2.0] * 8)
-    mu, logvar = model.posterior(model.sample(4096, seed=0))
-    full = mutual_information(mu, logvar, generator=gen())
+    q = model.posterior(model.sample(4096, seed=0))
+    full = mutual_information(q, generator=gen())
     # one minibatch holding every row is the whole-set estimator, draw for draw
-    assert minibatch_mutual_information(mu, logvar, 4096, generator=gen()) == pytest.approx(full, abs=1e-12)
-    small = minibatch_mutual_information(mu, logvar, 32, generator=gen())
+    assert minibatch_mutual_information(q, 4096, generator=gen()) == pytest.approx(full, abs=1e-12)
+    small = minibatch_mutual_information(q, 32, generator=gen())
     assert small < math.log(32) + 0.3 < full
 
 
@@ -216,7 +211,7 @@ def test_active_units_match_closed_form():
     # Var(mu_d) = sigma^2 / (sigma^2 + 1): 0.80, 0.50, 0.20, 0.048 active; 0.002, 0.0005, 0 not
     sigma2 = [4.0, 1.0, 0.25, 0.05, 0.002, 0.0005, 0.0]
     model = LinearGaussian(sigma2)
-    mu, _ = model.posterior(model.sample(10_000, seed=0))
+    mu = model.posterior(model.sample(10_000, seed=0)).mean
     variance = posterior_mean_variance(mu)
     assert variance.shape == (7,)
     torch.testing.assert_close(variance, model.mean_variance, rtol=0.05, atol=1e-4)
@@ -267,11 +262,10 @@ class TokenLinearGaussian(nn.Module):
     log_likelihood(tokens, None) returns the exact marginal, standing in for the masked-latent LM path.
     """
 
-    has_latent = True
-
     def __init__(self, sigma2, *, vocab=20, obs_dim=6):
         super().__init__()
         self.lg = LinearGaussian(sigma2, obs_dim=obs_dim, seed=1)
+        self.prior = self.lg.prior
         self.embed = nn.Embedding(vocab, obs_dim, padding_idx=data.PAD)  # parameter: gives the device
         with torch.no_grad():
             self.embed.weight.copy_(torch.randn(vocab, obs_dim, generator=gen(2)))
@@ -281,7 +275,7 @@ class TokenLinearGaussian(nn.Module):
         return self.embed(tokens).to(F64).sum(1) / 2.0
 
     def posterior(self, tokens):
-        return tuple(t.float() for t in self.lg.posterior(self.features(tokens)))
+        return self.lg.posterior(self.features(tokens)).to(torch.float32)
 
     def log_likelihood(self, tokens, z):
         x = self.features(tokens)
@@ -306,15 +300,16 @@ def test_evaluate_exact_token_model():
     assert out["neg_elbo"] == pytest.approx(out["iw_nll"], abs=0.05)
     assert out["neg_elbo"] == pytest.approx(out["rec"] + out["kl"], abs=1e-9)
     assert out["nll_bound_per_token"] == pytest.approx(out["neg_elbo"] * len(split) / split.num_tokens)
-    assert out["au"] == active_units(posterior_moments(model, split)[0])
+    assert out["au"] == active_units(posteriors(model, split).mean)
 
 
 def tiny_models():
-    from gptvae.model import GPT, GPTVAE, ModelConfig
+    from gptvae.config import ModelConfig
+    from gptvae.families import build_model
 
     config = ModelConfig(dim=32, depth=1, enc_depth=1, heads=2, attn_dim_head=16, dim_latent=4, max_seq_len=16)
     torch.manual_seed(0)
-    return GPTVAE(config, num_tokens=20), GPT(ModelConfig(**{**config.__dict__, "kind": "lm"}), num_tokens=20)
+    return build_model(config, num_tokens=20), build_model(ModelConfig(**{**config.__dict__, "kind": "lm"}), num_tokens=20)
 
 
 KEYS = {"n_sequences", "n_tokens", "iw_samples", "mc_samples", "mi_samples", "rec", "kl", "neg_elbo",

@@ -10,9 +10,14 @@ import time
 import pytest
 import torch
 
+import gptvae.files as files_module
 import gptvae.train as train_module
 from gptvae.config import apply_overrides, config_hash, preset
-from gptvae.train import CHECKPOINT, RESULT, CheckpointError, NonFiniteLossError, load_checkpoint, train
+from gptvae.errors import CheckpointError, NonFiniteLossError
+from gptvae.evaluation import final_evaluation
+from gptvae.files import CHECKPOINT, load_checkpoint
+from gptvae.run import RESULT
+from gptvae.train import train
 
 SYNTHETIC = {"data.dataset": "synthetic", "data.synthetic_train": 600, "data.synthetic_eval": 64,
              "train.steps": 24, "train.eval_every": 8, "train.log_every": 4, "eval.max_sequences": 32}
@@ -22,19 +27,26 @@ def smoke(**overrides):
     return apply_overrides(preset("smoke"), {**SYNTHETIC, **overrides}).validate()
 
 
+def final(trained, cfg):
+    return final_evaluation(trained.model, trained.corpus, cfg, autocast=trained.autocast)
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     cfg = smoke()
     whole = train(cfg, run_dir=tmp_path / "whole", progress=False)
 
     stopped = train(cfg, run_dir=tmp_path / "resumed", progress=False, stop_after=13)  # last checkpoint: 8
-    assert stopped.final == {} and load_checkpoint(tmp_path / "resumed" / CHECKPOINT)["step"] == 8
+    assert not stopped.finished and stopped.step == 13
+    assert load_checkpoint(tmp_path / "resumed" / CHECKPOINT)["step"] == 8
     resumed = train(cfg, run_dir=tmp_path / "resumed", progress=False)
 
-    assert resumed.resumed_from == 8
-    assert resumed.final.keys() == whole.final.keys()
-    for key, value in whole.final.items():
-        if not key.startswith("time."):
-            assert resumed.final[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert resumed.resumed_from == 8 and resumed.finished and whole.finished
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    expected, got = final(whole, cfg), final(resumed, cfg)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
 
 
 def test_kill_9_mid_training_then_resume(tmp_path):
@@ -61,7 +73,7 @@ def test_kill_9_mid_training_then_resume(tmp_path):
     assert row["status"] == "resumed"
     resumed = json.loads((ckpt.parent / RESULT).read_text())
 
-    reference = train(cfg, run_dir=tmp_path / "reference", progress=False).final
+    reference = final(train(cfg, run_dir=tmp_path / "reference", progress=False), cfg)
     for key, value in reference.items():
         if not key.startswith("time."):
             assert resumed[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
@@ -117,13 +129,13 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     """A crash while writing leaves the previous checkpoint intact and no temporary file behind."""
     path = tmp_path / CHECKPOINT
-    train_module.save_checkpoint(path, {"step": 1})
+    files_module.save_checkpoint(path, {"step": 1})
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError):
-        train_module.save_checkpoint(path, {"step": 2})
+        files_module.save_checkpoint(path, {"step": 2})
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]

@@ -1,0 +1,47 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # One ablation
+#
+# This notebook is parametrised by the ablation's name: `make figures` runs it once per spec in
+# `experiments/` (with papermill), and you can run it by hand for one, e.g.
+# `papermill analysis/ablation.ipynb out.ipynb -p ablation kl-floor` after
+# `jupytext --to ipynb analysis/ablation.py`, or edit the cell below in Jupyter.
+#
+# Everything here is read from the exported results (`make results`); nothing is trained or
+# evaluated. Tables go to `paper/tables/<preset>/`, figures to `paper/figures/<preset>/`.
+
+# %% tags=["parameters"]
+ablation = "kl-floor"
+
+# %%
+from IPython.display import Image, Markdown, display
+
+from gptvae.report import ablation_report, paths, specs
+
+spec = specs(paths())[f"ablation-{ablation}"]
+display(Markdown(f"## {spec.experiment}: {spec.label}\n\n{spec.description}\n\n"
+                 f"Factor `{spec.factor}` over {', '.join(f'{v:g}' for v in spec.values)}."))
+
+# %%
+table, figures = ablation_report(ablation)
+display(Markdown(table))
+
+# %% [markdown]
+# Validation metrics against the factor (seeds as error bars, the LM baseline dashed), the
+# rate-distortion plane, the latent's KL and active units over training, and posterior means in 2-D.
+
+# %%
+for png in figures:
+    display(Image(filename=str(png)))

@@ -1,0 +1,35 @@
+"""Executors: how a sweep's planned runs are carried out. An executor is one module in this folder
+plus one entry in EXECUTORS; the module defines
+
+    class Executor:
+        def __init__(self, *, jobs: int): ...
+        def run(self, tasks: list[RunTask]) -> Iterator[dict]:
+            '''Execute every task (gptvae.run.execute), yielding each summary row as it completes.
+            On KeyboardInterrupt: cancel what has not started, let running runs be marked KILLED, re-raise.'''
+
+A RunTask is picklable and self-contained (the store's URI, not a connection), so a task can run in
+another process or on another machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from gptvae.config import require
+
+EXECUTORS = {
+    "serial": "gptvae.executors.serial",   # one run after another, in this process
+    "pool": "gptvae.executors.pool",       # `jobs` runs at once in local worker processes
+}
+
+
+def get_executor(name: str, *, jobs: int = 1):
+    require(name in EXECUTORS, "--executor", name, ", ".join(EXECUTORS))
+    require(isinstance(jobs, int) and jobs >= 1, "--jobs", jobs, "an integer >= 1")
+    return importlib.import_module(EXECUTORS[name]).Executor(jobs=jobs)
+
+
+def threads_per_job(jobs: int) -> int:
+    """Each of `jobs` concurrent runs gets an equal share of this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // jobs)

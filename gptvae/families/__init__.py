@@ -1,0 +1,47 @@
+"""Model families. A family is one module in this folder plus one entry in FAMILIES.
+
+A family module defines
+
+    check(config: ModelConfig) -> None   what only this family needs of its config (raise ConfigError)
+    Model(config, *, num_tokens)         an nn.Module with the interface below
+
+    model.prior                          a latent distribution: sample(batch, generator=...), log_prob(z), units
+    model.posterior(tokens)              q(z|x), a gptvae.latents posterior (zero units when there is no latent)
+    model.log_likelihood(tokens, z)      (B,) log p(x|z) in nats over the predicted tokens; z=None masks the latent
+    model.generate(prompts, ...)         continuations; z=, reference= or prior=True choose the latent
+    model.examples(reference, ...)       what is worth reading of this family, as gptvae.latents-free Examples
+
+Sequences are `BOS w_1 ... w_n EOS`, right-padded with PAD; the predicted tokens are the words and EOS.
+This file imports no torch: the config reads the registry, and a family is imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+FAMILIES = {
+    "vae": "gptvae.families.gptvae",   # x-transformers' GPTVAE: a Gaussian z prepended as one token
+    "lm": "gptvae.families.lm",        # the same decoder with no latent: every sweep's baseline row
+}
+BASELINE = "lm"                        # the family of a sweep's baseline row
+
+
+def family(name: str):
+    """The module of family `name` (imported on first use)."""
+    return importlib.import_module(FAMILIES[name])
+
+
+def check_family_config(config) -> None:
+    family(config.kind).check(config)
+
+
+def build_model(config, *, num_tokens: int):
+    config.validate()
+    return family(config.kind).Model(config, num_tokens=num_tokens)
+
+
+def num_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["BASELINE", "FAMILIES", "build_model", "check_family_config", "family", "num_parameters"]

@@ -1,0 +1,202 @@
+"""One run's lifecycle: its MLflow child run, training, the final evaluation, and what it leaves behind.
+
+    row = execute(RunTask(run=PlannedRun(...), experiment="ablation-kl-floor", parent_id=..., ...))
+
+In order, and safe to repeat from any point (a killed run resumes by running `execute` again):
+
+1. find or create the child run of this setting and seed (config hash + seed tags);
+2. a FINISHED child is skipped; a setting some other run already finished becomes a link to it;
+3. train, resuming from the run folder's checkpoint (`gptvae.train`), curves logged as it goes;
+4. evaluate once: result.json in the run folder holds the final metrics, so a run killed after its
+   evaluation does not evaluate again, and no final metric is ever logged twice;
+5. log params, final metrics, and artifacts: config, decoded samples, posterior means;
+6. mark the child FINISHED.
+
+A RunTask is self-contained and picklable: executors (`gptvae.executors`) ship it to a worker.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptvae.config import Config, config_hash
+from gptvae.files import CHECKPOINT, atomic_write_csv, atomic_write_json, atomic_write_text
+from gptvae.tracking import TAG_AUTOCAST, TAG_CHECKPOINT, TAG_DEVICE, TAG_GIT, TAG_KIND, TAG_SAME_AS, Tracker
+
+RESULT = "result.json"
+SUMMARY_KEYS = ("valid.neg_elbo", "valid.rec", "valid.kl", "valid.iw_nll_per_token", "valid.mi", "valid.au",
+                "valid.lm_nll_per_token", "time.train_seconds", "time.eval_seconds")
+ARTIFACTS = ("config.json", "samples.txt", "samples.csv", "posterior_means.csv", "checkpoint_path.txt")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str       # MLflow run name, e.g. "free_bits=0.25 seed=0"
+    kind: str       # its model family (model.kind)
+    value: object   # the swept factor's value (None for a baseline row or a single run)
+    cfg: Config
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.cfg)
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.train.seed
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Everything a worker needs to execute one planned run."""
+
+    run: PlannedRun
+    experiment: str             # MLflow experiment of the child run
+    parent_id: str | None       # the sweep's parent run, if any
+    runs_root: str              # checkpoints go to <runs_root>/<experiment>/<hash>-seed<N>/
+    tracking_uri: str
+    threads: int | None = None  # torch intra-op threads for this run (None: torch's choice)
+    progress: bool = True
+
+
+def run_dir_for(root: str | Path, experiment: str, cfg: Config) -> Path:
+    return Path(root) / experiment / f"{config_hash(cfg)}-seed{cfg.train.seed}"
+
+
+def git_commit() -> str:
+    """HEAD of the checkout the package runs from, with "+dirty" when it has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+
+    try:
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "HEAD") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class RunLogger:
+    """What the training loop reports, written to one MLflow run: params and tags at the start, metric
+    points in batches at each flush. A step already in the store (a resumed run) is never written again."""
+
+    def __init__(self, tracker: Tracker, run_id: str, *, cfg: Config, checkpoint: Path,
+                 progress_key: str = "train/loss"):
+        self.tracker, self.run_id, self.cfg, self.checkpoint = tracker, run_id, cfg, checkpoint
+        self.progress_key = progress_key
+        self.buffer: list[tuple[str, float, int]] = []
+        self.logged_through = tracker.last_step(run_id, progress_key)
+
+    def start(self, *, model, corpus, device, autocast: bool) -> None:
+        from gptvae.families import num_parameters
+
+        self.tracker.log_params(self.run_id, {**self.cfg.flat(), "model.num_parameters": num_parameters(model),
+                                              "data.vocab_size": len(corpus.vocab)})
+        self.tracker.set_tags(self.run_id, {TAG_GIT: git_commit(), TAG_DEVICE: device.type, TAG_AUTOCAST: autocast,
+                                            TAG_CHECKPOINT: str(self.checkpoint.resolve())})
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if step > self.logged_through:
+            self.buffer.extend((k, v, step) for k, v in metrics.items())
+
+    def flush(self) -> None:
+        if self.buffer:
+            # the progress key last: a flush cut short leaves its step unlogged, so a resume logs it again
+            self.buffer.sort(key=lambda point: point[0] == self.progress_key)
+            self.tracker.log_metrics(self.run_id, self.buffer)
+            self.logged_through = max(s for _, _, s in self.buffer)
+            self.buffer = []
+
+
+def _summary(metrics: dict) -> dict:
+    return {k: metrics.get(k) for k in SUMMARY_KEYS}
+
+
+def execute(task: RunTask, *, tracker: Tracker | None = None, stop_after: int | None = None) -> dict:
+    """Carry one planned run through its lifecycle. Returns a summary row (name, status, key metrics)."""
+    run, cfg = task.run, task.run.cfg
+    tracker = tracker or Tracker(task.tracking_uri)
+    exp_id = tracker.experiment_id(task.experiment)
+    run_id, status = tracker.child_run(exp_id, config_hash=run.config_hash, seed=run.seed, name=run.name,
+                                       parent_id=task.parent_id, tags={TAG_KIND: run.kind})
+    row = {"name": run.name, "kind": run.kind, "value": run.value, "seed": run.seed, "run_id": run_id}
+    if status == "FINISHED":
+        return {**row, "status": "skipped (finished)", **_summary(tracker.resolve(run_id).data.metrics)}
+    twin = tracker.finished_twin(config_hash=run.config_hash, seed=run.seed, exclude_run=run_id)
+    if twin is not None:
+        tracker.set_tags(run_id, {TAG_SAME_AS: twin.info.run_id})
+        tracker.set_status(run_id, "FINISHED")
+        return {**row, "status": f"reused {twin.info.run_id[:8]}", **_summary(twin.data.metrics)}
+
+    run_dir = run_dir_for(task.runs_root, task.experiment, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return {**row, "status": "skipped (running in another process)"}
+        tracker.set_status(run_id, "RUNNING")
+        logger = RunLogger(tracker, run_id, cfg=cfg, checkpoint=run_dir / CHECKPOINT)
+        try:
+            outcome = _train_and_record(task, run_dir, tracker, run_id, logger, stop_after)
+        except BaseException as err:
+            logger.flush()
+            tracker.set_status(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
+    return {**row, **outcome}
+
+
+def _train_and_record(task: RunTask, run_dir: Path, tracker: Tracker, run_id: str, logger: RunLogger,
+                      stop_after: int | None) -> dict:
+    import pandas as pd
+    import torch
+
+    from gptvae.evaluation import COUNT_KEYS, decode_examples, final_evaluation, posterior_means, samples_text
+    from gptvae.train import train
+
+    cfg = task.run.cfg
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    trained = train(cfg, run_dir=run_dir, logger=logger, progress=task.progress, stop_after=stop_after)
+    logger.flush()
+    if not trained.finished:
+        tracker.set_status(run_id, "KILLED")
+        return {"status": f"stopped at step {trained.step}"}
+
+    # the final evaluation, once: result.json is written before anything is logged from it
+    result_path = run_dir / RESULT
+    final = json.loads(result_path.read_text()) if result_path.is_file() else None
+    if final is None or final.get("config_hash") != config_hash(cfg):
+        started = time.time()
+        final = final_evaluation(trained.model, trained.corpus, cfg, autocast=trained.autocast,
+                                 progress=task.progress)
+        final["time.train_seconds"] = trained.train_seconds
+        final["time.eval_seconds"] = time.time() - started
+        atomic_write_json(result_path, {**final, "config_hash": config_hash(cfg)})
+    final.pop("config_hash", None)
+
+    counts = {k: v for k, v in final.items() if k.split(".", 1)[-1] in COUNT_KEYS}
+    tracker.log_params(run_id, counts)
+    logged = tracker.run(run_id).data.metrics
+    tracker.log_metrics(run_id, [(k, v, cfg.train.steps) for k, v in final.items()
+                                 if k not in counts and k not in logged])
+
+    examples = decode_examples(trained.model, trained.corpus, cfg)
+    atomic_write_text(run_dir / "samples.txt", samples_text(examples))
+    atomic_write_csv(run_dir / "samples.csv", pd.DataFrame(examples, columns=["section", "text"]))
+    means = posterior_means(trained.model, trained.corpus)
+    if not means.empty:   # a model without a latent has none
+        atomic_write_csv(run_dir / "posterior_means.csv", means)
+    atomic_write_text(run_dir / "checkpoint_path.txt", f"{(run_dir / CHECKPOINT).resolve()}\n")
+    for name in ARTIFACTS:
+        if (run_dir / name).is_file():
+            tracker.log_artifact(run_id, run_dir / name)
+    tracker.set_status(run_id, "FINISHED")
+    return {"status": "resumed" if trained.resumed_from else "trained", **_summary(final)}
+
+
+__all__ = ["PlannedRun", "RunLogger", "RunTask", "SUMMARY_KEYS", "execute", "run_dir_for"]
