@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
 from gptvae.config import DATASETS, PRESETS, ConfigError, apply_overrides, preset
 from gptvae.errors import GptvaeError
 from gptvae.executors import EXECUTORS
+from gptvae.files import write_error
 
 EPILOG = """The tracking store is MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current folder.
 Corpora are read from $GPTVAE_DATA_DIR/<name>/, else the user cache, else downloaded (sha256-checked)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line like every other error here."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -22,6 +31,9 @@ def parse_seeds(text: str) -> list[int]:
         raise ConfigError(f"--seeds {text!r} is malformed: expected integers like '0 1 2' or '0,1,2'") from None
     if not seeds:
         raise ConfigError("--seeds is empty: give at least one seed, e.g. --seeds 0")
+    bad = [s for s in seeds if s < 0]
+    if bad or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r} is invalid; allowed: distinct integers >= 0")
     return seeds
 
 
@@ -39,11 +51,13 @@ def cmd_data(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from gptvae.data import check_available
     from gptvae.run import PlannedRun, RunTask, execute
     from gptvae.tracking import Tracker
 
     cfg = apply_overrides(preset(args.preset, dataset=args.dataset), args.overrides)
     cfg = apply_overrides(cfg, {"train.seed": args.seed}).validate()
+    check_available(cfg.data)
     run = PlannedRun(args.name or f"{cfg.model.kind} seed={cfg.train.seed}", cfg.model.kind, None, cfg)
     tracker = Tracker()
     row = execute(RunTask(run=run, experiment=args.experiment, parent_id=None, runs_root=args.runs_root,
@@ -105,9 +119,9 @@ def cmd_paper(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gptvae", description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="python -m gptvae", description=__doc__, epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("data", help="describe a dataset: splits, vocabulary size, token counts")
     p.add_argument("name", help=f"one of {', '.join(DATASETS)}")
@@ -174,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt   # `kill PID` stops a sweep as Ctrl-C does: its runs are marked KILLED
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:   # the benchmark owns its flags
@@ -182,9 +200,22 @@ def main(argv=None) -> int:
         bench_main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.fn(args)
     except GptvaeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: runs in progress were marked KILLED; run the same command again to resume them",
+              file=sys.stderr)
+        return 130
+    except OSError as err:
+        failure = write_error(Path(err.filename or "?"), err)
+        if failure is err:
+            raise
+        print(f"error: {failure}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

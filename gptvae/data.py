@@ -488,6 +488,12 @@ def _load_corpus(name: str, *, data_dir, seed: int, synthetic_sizes, chunk_len: 
     return Corpus(name=name, vocab=vocab, splits={s: _encode_split(vocab, *raw[s]) for s in SPLITS})
 
 
+def check_available(config) -> None:
+    """Fail now, before anything is trained or logged, if a run's corpus files are missing or damaged."""
+    for filename in CHECKSUMS.get(config.dataset, ()):   # the synthetic task has no files
+        resolve_file(config.dataset, filename)
+
+
 def load_data(config) -> Corpus:
     """The corpus a run's DataConfig describes."""
     return load_corpus(config.dataset, max_len=config.max_len, chunk_len=config.chunk_len,

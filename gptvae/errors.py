@@ -28,3 +28,7 @@ class TrackingError(GptvaeError, RuntimeError):
 
 class ResultsMissingError(GptvaeError, FileNotFoundError):
     """Exported results are absent; the message names the make target that produces them."""
+
+
+class FileWriteError(GptvaeError, OSError):
+    """A file could not be written: full disk, read-only folder, no permission."""

@@ -3,12 +3,13 @@ to a logged run to re-evaluate it or decode from it."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from gptvae.config import Config, apply_overrides, config_from_dict
+from gptvae.config import Config, apply_overrides, config_from_dict, require
 from gptvae.data import BOS, EOS, VALIDATION_SEED, Corpus, collate, load_data, subset
 from gptvae.device import autocast_context, bf16_is_fast, model_device, pick_device
 from gptvae.families import build_model
@@ -108,24 +109,48 @@ def load_run(run: str, *, tracker: Tracker | None = None, device=None):
 
 
 def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 500, max_sequences: int | None = None,
-                        seed: int = 0, tracker: Tracker | None = None) -> dict[str, float]:
-    """Evaluate a run's final checkpoint on `split` and log the metrics into the same run.
+                        seed: int | None = None, tracker: Tracker | None = None) -> dict[str, float]:
+    """Evaluate a run's final checkpoint on `split` and log the numbers into the same run, never over
+    the numbers it already has.
 
-    Metrics are logged as "<split>.<metric>"; K, N and the sequence count as params. A split already
-    evaluated with another K gets the prefix "<split>_k<K>" so that params are never overwritten.
+    An evaluation protocol is (split, K, N, seed); the seed defaults to the run's own, as in its final
+    evaluation. The first protocol logged for a split takes the keys "<split>.<metric>", with K, N, the
+    MI and MC sample counts and the seed as params "<split>.iw_samples", ...; another protocol on that
+    split takes "<split>_k<K>_n<N>[_s<seed>].<metric>". Asking for a protocol already logged logs
+    nothing and returns its logged numbers.
     """
+    require(isinstance(iw_samples, int) and iw_samples >= 1, "--iw-samples", iw_samples,
+            "a number of importance samples K >= 1 (reported numbers use 500)")
+    require(max_sequences is None or max_sequences >= 2, "--max-sequences", max_sequences,
+            "a number of sequences >= 2 (MI and active units compare sequences), or all")
+    require(seed is None or seed >= 0, "--seed", seed, "an integer >= 0")
     tracker = tracker or Tracker()
     model, corpus, cfg, _ = load_run(run_id, tracker=tracker)
+    run_seed = cfg.train.seed
+    seed = run_seed if seed is None else seed
     cfg = apply_overrides(cfg, {"eval.splits": (split,), "eval.iw_samples": iw_samples,
-                                "eval.max_sequences": max_sequences, "train.seed": seed})
+                                "eval.max_sequences": max_sequences, "train.seed": seed}).validate()
+    n = len(subset(corpus.splits[split], max_sequences, seed=VALIDATION_SEED))
+    params = tracker.params(run_id)
+    protocol = (str(iw_samples), str(n), str(seed))
+
+    def logged_protocol(prefix: str):
+        return (params.get(f"{prefix}.iw_samples"), params.get(f"{prefix}.n_sequences"),
+                params.get(f"{prefix}.eval_seed", str(run_seed)))
+
+    own = f"{split}_k{iw_samples}_n{n}" + (f"_s{seed}" if seed != run_seed else "")
+    for prefix in (split, own):
+        if logged_protocol(prefix) == protocol:   # already measured: the store has these numbers
+            metrics = tracker.run(run_id).data.metrics
+            return {k: v for k, v in metrics.items() if k.startswith(prefix + ".")}
+    prefix = split if f"{split}.iw_samples" not in params else own
+
     device = model_device(model)
     result = final_evaluation(model, corpus, cfg, autocast=cfg.train.autocast and bf16_is_fast(device), progress=True)
-
-    logged_k = tracker.params(run_id).get(f"{split}.iw_samples")
-    prefix = split if logged_k in (None, str(iw_samples)) else f"{split}_k{iw_samples}"
     result = {prefix + key[len(split):]: value for key, value in result.items()}
     count_keys = {f"{prefix}.{k}" for k in COUNT_KEYS}
-    tracker.log_params(run_id, {k: int(v) for k, v in result.items() if k in count_keys})
+    tracker.log_params(run_id, {**{k: int(v) for k, v in result.items() if k in count_keys},
+                                f"{prefix}.eval_seed": seed})
     tracker.log_metrics(run_id, [(k, v, cfg.train.steps) for k, v in result.items() if k not in count_keys])
     return result
 
@@ -134,6 +159,10 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
 def sample_from_run(run: str, *, n: int = 8, reference: str | None = None, prior: bool = True,
                     temperature: float = 1.0, seed: int = 0) -> list[str]:
     """Decoded samples: from the prior, from a reference sentence's posterior mean, or without a latent."""
+    require(isinstance(n, int) and n >= 1, "--n", n, "a number of samples >= 1")
+    require(math.isfinite(temperature) and temperature >= 0, "--temperature", temperature,
+            "a finite number >= 0 (0 decodes greedily)")
+    require(reference is None or bool(reference.split()), "--reference", reference, "a non-empty sentence")
     model, corpus, cfg, _ = load_run(run)
     device = model_device(model)
     torch.manual_seed(seed)

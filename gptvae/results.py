@@ -143,6 +143,11 @@ def collect_artifacts(tracker: Tracker, runs: pd.DataFrame) -> tuple[pd.DataFram
 def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, preset: str | None = None,
                    dataset: str | None = None) -> dict[str, int]:
     """Write FILES into out_dir from the store. Returns the number of rows of each file."""
+    from gptvae.tracking import store_exists, tracking_uri
+
+    if tracker is None and not store_exists(tracking_uri()):
+        raise ResultsMissingError(f"the store {tracking_uri()} does not exist: run a sweep first, e.g. "
+                                  "`make ablation-kl-floor`, or set MLFLOW_TRACKING_URI to your store")
     tracker = tracker or Tracker()
     out = Path(out_dir)
     runs = collect_runs(tracker, preset=preset, dataset=dataset)

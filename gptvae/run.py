@@ -6,29 +6,41 @@ In order, and safe to repeat from any point (a killed run resumes by running `ex
 
 1. find or create the child run of this setting and seed (config hash + seed tags);
 2. a FINISHED child is skipped; a setting some other run already finished becomes a link to it;
-3. train, resuming from the run folder's checkpoint (`gptvae.train`), curves logged as it goes;
-4. evaluate once: result.json in the run folder holds the final metrics, so a run killed after its
+3. claim the setting in the store (`Claim`): if another process, of any sweep on any machine, is
+   training it right now, wait for it and link to its run, never train it twice;
+4. train, resuming from the run folder's checkpoint (`gptvae.train`), curves logged as it goes,
+   on this process's share of the machine's cores (`gptvae.device.core_share`);
+5. evaluate once: result.json in the run folder holds the final metrics, so a run killed after its
    evaluation does not evaluate again, and no final metric is ever logged twice;
-5. log params, final metrics, and artifacts: config, decoded samples, posterior means;
-6. mark the child FINISHED.
+6. log params, final metrics, and artifacts: config, decoded samples, posterior means;
+7. mark the child FINISHED and withdraw the claim.
 
 A RunTask is self-contained and picklable: executors (`gptvae.executors`) ship it to a worker.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
+import os
+import random
+import signal
+import socket
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from gptvae.config import Config, config_hash
 from gptvae.files import CHECKPOINT, atomic_write_csv, atomic_write_json, atomic_write_text
-from gptvae.tracking import TAG_AUTOCAST, TAG_CHECKPOINT, TAG_DEVICE, TAG_GIT, TAG_KIND, TAG_SAME_AS, Tracker
+from gptvae.tracking import (TAG_AUTOCAST, TAG_CHECKPOINT, TAG_CLAIMED_FOR, TAG_DEVICE, TAG_GIT, TAG_HEARTBEAT,
+                             TAG_HOLDER, TAG_KIND, TAG_SAME_AS, Tracker)
 
 RESULT = "result.json"
+HEARTBEAT_SECONDS = 30     # how often a claim's holder says it is alive
+STALE_SECONDS = 600        # a claim silent for longer is dead (a generous margin for clocks that differ)
+POLL_SECONDS = 5           # how often a waiting run looks again
 SUMMARY_KEYS = ("valid.neg_elbo", "valid.rec", "valid.kl", "valid.iw_nll_per_token", "valid.mi", "valid.au",
                 "valid.lm_nll_per_token", "time.train_seconds", "time.eval_seconds")
 ARTIFACTS = ("config.json", "samples.txt", "samples.csv", "posterior_means.csv", "checkpoint_path.txt")
@@ -116,8 +128,112 @@ def _summary(metrics: dict) -> dict:
     return {k: metrics.get(k) for k in SUMMARY_KEYS}
 
 
-def execute(task: RunTask, *, tracker: Tracker | None = None, stop_after: int | None = None) -> dict:
-    """Carry one planned run through its lifecycle. Returns a summary row (name, status, key metrics)."""
+def kill_point(name: str) -> None:
+    """Fault injection for the tests: GPTVAE_KILL_AT=<name> makes this process kill -9 itself here."""
+    if os.environ.get("GPTVAE_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def interrupts_deferred():
+    """Hold back Ctrl-C (SIGINT, SIGTERM) while the block runs, e.g. while a stopped run is marked
+    KILLED, then deliver it. Only the main thread can do this; elsewhere the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            raise KeyboardInterrupt
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Claim:
+    """The right to train one setting and seed, held in the store as a run of the gptvae-claims
+    experiment, so that it holds across experiments, processes and machines.
+
+    Each claimant writes its own claim, then reads every claim on the key: if its own is the only
+    live one, it holds the setting; otherwise it withdraws and waits. With a store whose writes and
+    reads are linearizable (a SQL database behind MLflow) two claimants cannot both hold it: the
+    later of the two reads sees both claims. A claim is live while its holder's heartbeat is recent
+    and, on the holder's own machine, while its process exists.
+    """
+
+    def __init__(self, tracker: Tracker, key: str, child_id: str):
+        self.tracker, self.key, self.child_id = tracker, key, child_id
+        self.id: str | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    @staticmethod
+    def live(claim, now: float) -> bool:
+        tags = claim.data.tags
+        host, _, pid = tags.get(TAG_HOLDER, ":").rpartition(":")
+        fresh = now - float(tags.get(TAG_HEARTBEAT, 0)) < STALE_SECONDS
+        return fresh and (host != socket.gethostname() or (pid.isdigit() and _pid_alive(int(pid))))
+
+    def acquire(self) -> str | None:
+        """Hold the setting (None), or the child run id of the live claim that already holds it."""
+        now = time.time()
+        self.id = self.tracker.create_claim(self.key, {
+            TAG_HOLDER: f"{socket.gethostname()}:{os.getpid()}", TAG_HEARTBEAT: f"{now:.0f}",
+            TAG_CLAIMED_FOR: self.child_id})
+        rivals = []
+        for claim in self.tracker.claims(self.key):
+            if claim.info.run_id == self.id:
+                continue
+            if self.live(claim, now):
+                rivals.append(claim)
+            else:   # its holder is gone: withdraw it for them
+                self.tracker.delete_run(claim.info.run_id)
+        if rivals:
+            self.release()
+            return rivals[0].data.tags.get(TAG_CLAIMED_FOR, rivals[0].info.run_id)
+        self._beat = threading.Thread(target=self._heartbeat, name=f"claim {self.key}", daemon=True)
+        self._beat.start()
+        return None
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self.tracker.set_tags(self.id, {TAG_HEARTBEAT: f"{time.time():.0f}"})
+            except Exception:   # a missed beat is harmless; the next one, or the run's own error, tells
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        if self.id is not None:
+            self.tracker.delete_run(self.id)
+            self.id = None
+
+
+def claim_key(run: PlannedRun) -> str:
+    return f"{run.config_hash}-seed{run.seed}"
+
+
+def execute(task: RunTask, *, tracker: Tracker | None = None, stop_after: int | None = None,
+            wait: bool = True) -> dict:
+    """Carry one planned run through its lifecycle. Returns a summary row (name, status, key metrics).
+
+    wait: when another process is training this setting, wait for it and link to its run (True), or
+    return at once with status "waiting for ..." so that the caller can come back later (False).
+    """
     run, cfg = task.run, task.run.cfg
     tracker = tracker or Tracker(task.tracking_uri)
     exp_id = tracker.experiment_id(task.experiment)
@@ -126,41 +242,59 @@ def execute(task: RunTask, *, tracker: Tracker | None = None, stop_after: int | 
     row = {"name": run.name, "kind": run.kind, "value": run.value, "seed": run.seed, "run_id": run_id}
     if status == "FINISHED":
         return {**row, "status": "skipped (finished)", **_summary(tracker.resolve(run_id).data.metrics)}
-    twin = tracker.finished_twin(config_hash=run.config_hash, seed=run.seed, exclude_run=run_id)
-    if twin is not None:
+
+    def linked():
+        twin = tracker.finished_twin(config_hash=run.config_hash, seed=run.seed, exclude_run=run_id)
+        if twin is None:
+            return None
         tracker.set_tags(run_id, {TAG_SAME_AS: twin.info.run_id})
         tracker.set_status(run_id, "FINISHED")
         return {**row, "status": f"reused {twin.info.run_id[:8]}", **_summary(twin.data.metrics)}
 
-    run_dir = run_dir_for(task.runs_root, task.experiment, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return {**row, "status": "skipped (running in another process)"}
+    while True:
+        if (done := linked()) is not None:
+            return done
+        claim = Claim(tracker, claim_key(run), run_id)
+        holder = claim.acquire()
+        if holder is None:
+            break
+        tracker.set_status(run_id, "SCHEDULED")
+        if not wait:
+            return {**row, "status": f"waiting for {holder[:8]}"}
+        time.sleep(POLL_SECONDS * (1 + random.random()))
+
+    try:
+        if (done := linked()) is not None:   # it finished between our first look and our claim
+            return done
+        run_dir = run_dir_for(task.runs_root, task.experiment, cfg)
         tracker.set_status(run_id, "RUNNING")
         logger = RunLogger(tracker, run_id, cfg=cfg, checkpoint=run_dir / CHECKPOINT)
         try:
-            outcome = _train_and_record(task, run_dir, tracker, run_id, logger, stop_after)
+            from gptvae.device import core_share   # torch: only where training happens
+
+            with core_share(task.threads):
+                outcome = _train_and_record(task, run_dir, tracker, run_id, logger, stop_after)
         except BaseException as err:
-            logger.flush()
-            tracker.set_status(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            with interrupts_deferred():   # a second Ctrl-C must not leave the run RUNNING
+                try:
+                    logger.flush()
+                finally:
+                    tracker.set_status(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
+    finally:
+        with interrupts_deferred():
+            claim.release()
     return {**row, **outcome}
 
 
 def _train_and_record(task: RunTask, run_dir: Path, tracker: Tracker, run_id: str, logger: RunLogger,
                       stop_after: int | None) -> dict:
     import pandas as pd
-    import torch
 
     from gptvae.evaluation import COUNT_KEYS, decode_examples, final_evaluation, posterior_means, samples_text
     from gptvae.train import train
 
     cfg = task.run.cfg
-    if task.threads:
-        torch.set_num_threads(task.threads)
     trained = train(cfg, run_dir=run_dir, logger=logger, progress=task.progress, stop_after=stop_after)
     logger.flush()
     if not trained.finished:
@@ -184,6 +318,7 @@ def _train_and_record(task: RunTask, run_dir: Path, tracker: Tracker, run_id: st
     logged = tracker.run(run_id).data.metrics
     tracker.log_metrics(run_id, [(k, v, cfg.train.steps) for k, v in final.items()
                                  if k not in counts and k not in logged])
+    kill_point("after-final-metrics")
 
     examples = decode_examples(trained.model, trained.corpus, cfg)
     atomic_write_text(run_dir / "samples.txt", samples_text(examples))

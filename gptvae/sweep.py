@@ -158,10 +158,14 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
     """Train every planned run of a sweep with an executor (default: serial for one job, pool for more)."""
     from tqdm.auto import tqdm
 
+    from gptvae.data import check_available
     from gptvae.executors import get_executor
 
-    tracker = tracker or Tracker()
+    # everything that can be checked is checked before the store is touched
     runs = plan_runs(spec, preset_name=preset_name, dataset=dataset, seeds=seeds, overrides=overrides)
+    chosen = get_executor(executor or ("serial" if jobs <= 1 else "pool"), jobs=jobs)
+    check_available(runs[0].cfg.data)
+    tracker = tracker or Tracker()
     dataset = runs[0].cfg.data.dataset
     exp_id = tracker.experiment_id(spec.experiment)
     parent_id = tracker.parent_run(exp_id, sweep_key(spec, preset_name, dataset, overrides),
@@ -171,7 +175,6 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
     tracker.set_status(parent_id, "RUNNING")
     tasks = [RunTask(run=run, experiment=spec.experiment, parent_id=parent_id, runs_root=str(runs_root),
                      tracking_uri=tracker.uri, progress=progress) for run in runs]
-    chosen = get_executor(executor or ("serial" if jobs <= 1 else "pool"), jobs=jobs)
 
     rows: list[dict] = []
     try:

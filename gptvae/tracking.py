@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from gptvae.errors import TrackingError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+CLAIMS_EXPERIMENT = "gptvae-claims"    # one run per training in progress, deleted when it ends (gptvae.run)
 
 # every tag the suite writes or reads
 TAG_HASH = "gptvae.config_hash"        # a child: its setting's config_hash
@@ -36,6 +37,10 @@ TAG_SWEEP = "gptvae.sweep_key"         # a parent: spec | preset | dataset | ove
 TAG_FACTOR = "gptvae.factor"           # a parent: the config key its sweep varies
 TAG_PRESET = "gptvae.preset"
 TAG_DATASET = "gptvae.dataset"
+TAG_CLAIM = "gptvae.claim"             # a claim: "<config hash>-seed<N>", the setting it is training
+TAG_HOLDER = "gptvae.holder"           # a claim: "<host>:<pid>" of the process training it
+TAG_HEARTBEAT = "gptvae.heartbeat"     # a claim: unix time of the holder's last sign of life
+TAG_CLAIMED_FOR = "gptvae.claimed_for" # a claim: the child run it trains into
 TAG_PARENT = "mlflow.parentRunId"      # MLflow's own: nests children under their parent in the UI
 TAG_NOTE = "mlflow.note.content"       # MLflow's own: the description shown in the UI
 
@@ -67,6 +72,9 @@ def check_uri(uri: str, *, timeout: float = 5.0) -> None:
         parent = path.resolve().parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise TrackingError(f"tracking URI {uri!r}: folder {parent} does not exist or is not writable")
+        if path.exists() and (not path.is_file() or not os.access(path, os.W_OK)):
+            raise TrackingError(f"tracking store {path} is not a writable file; fix its permissions or point "
+                                "MLFLOW_TRACKING_URI at another store")
     elif scheme in ("http", "https"):
         probe = uri.rstrip("/") + "/health"
         try:
@@ -82,6 +90,26 @@ def check_uri(uri: str, *, timeout: float = 5.0) -> None:
         raise TrackingError(f"tracking URI {uri!r} has an unsupported scheme {scheme!r}; use sqlite:///, http(s):// or a path")
 
 
+# what the store's database says when it cannot be used -> what we tell the user
+STORE_FAILURES = {
+    "file is not a database": "is not an MLflow store (the file is not an SQLite database)",
+    "readonly database": "is read-only",
+    "database or disk is full": "is on a full disk",
+    "disk i/o error": "cannot be read or written (disk I/O error)",
+    "unable to open database file": "cannot be opened",
+}
+
+
+def store_failure(uri: str, err: Exception) -> TrackingError | None:
+    """A one-line TrackingError for a store that cannot be used, or None for any other error."""
+    text = str(err).lower()
+    for needle, reason in STORE_FAILURES.items():
+        if needle in text:
+            return TrackingError(f"tracking store {uri} {reason}; fix it, or point MLFLOW_TRACKING_URI at "
+                                 "another store, then run the same command again")
+    return None
+
+
 class Tracker:
     """A thin, lock-aware wrapper of MlflowClient with the queries the suite needs."""
 
@@ -92,16 +120,26 @@ class Tracker:
         check_uri(self.uri)
         db = _sqlite_path(self.uri)
         self._lock_path = db.with_name(db.name + ".lock") if db else None
-        with self.locked():   # schema creation/migration must not race
-            self.client = MlflowClient(tracking_uri=self.uri)
-            self.client.search_experiments(max_results=1)
+        fresh_lock = self._lock_path is not None and not self._lock_path.exists()
+        try:
+            self.client = self.call(MlflowClient, tracking_uri=self.uri)   # under the lock: the schema must not race
+            self.call(self.client.search_experiments, max_results=1)
+        except BaseException:
+            if fresh_lock:   # leave nothing behind for a store we could not use
+                self._lock_path.unlink(missing_ok=True)
+            raise
 
     @contextlib.contextmanager
     def locked(self):
         if self._lock_path is None:
             yield
             return
-        with open(self._lock_path, "a") as handle:
+        try:
+            handle = open(self._lock_path, "a")
+        except OSError as err:
+            raise TrackingError(f"tracking store {self.uri}: cannot open its lock file {self._lock_path} "
+                                f"({err.strerror}); the store's folder must be writable") from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -115,6 +153,9 @@ class Tracker:
                 with self.locked():
                     return fn(*args, **kwargs)
             except Exception as err:  # MLflow wraps sqlite3.OperationalError in several types
+                failure = store_failure(self.uri, err)
+                if failure is not None:
+                    raise failure from None
                 if "locked" not in str(err).lower() or attempt == retries - 1:
                     raise
                 time.sleep(0.1 * (attempt + 1))
@@ -186,6 +227,21 @@ class Tracker:
 
         return next((r for r in self.call(search)
                      if TAG_SAME_AS not in r.data.tags and r.info.run_id != exclude_run), None)
+
+    # claims: who is training which setting right now (gptvae.run.Claim)
+
+    def create_claim(self, key: str, tags: dict[str, str]) -> str:
+        exp_id = self.experiment_id(CLAIMS_EXPERIMENT)
+        return self.call(self.client.create_run, exp_id, run_name=key, tags={TAG_CLAIM: key, **tags}).info.run_id
+
+    def claims(self, key: str) -> list:
+        """Every claim on `key` that has not been withdrawn, oldest first."""
+        exp_id = self.experiment_id(CLAIMS_EXPERIMENT)
+        return self.call(self.client.search_runs, [exp_id], filter_string=f"tags.`{TAG_CLAIM}` = '{key}'",
+                         max_results=100, order_by=["attributes.start_time ASC"])
+
+    def delete_run(self, run_id: str) -> None:
+        self.call(self.client.delete_run, run_id)
 
     def resolve(self, run_id: str):
         """The run whose numbers a child stands for: itself, or the trained run it links to."""

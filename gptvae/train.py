@@ -198,9 +198,12 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             bar.close()
+            kept = (f"the last good checkpoint {ckpt_path} (step {load_checkpoint(ckpt_path)['step']}) is kept"
+                    if ckpt_path.exists() else
+                    f"no checkpoint had been written yet (the first comes at step {cfg.train.eval_every})")
             raise NonFiniteLossError(
                 f"loss became {loss_value} at step {step} (rec {float(terms.rec):.3g}, KL {float(terms.kl):.3g}); "
-                f"the last good checkpoint {ckpt_path} is kept. Lower train.lr or raise train.warmup_steps."
+                f"{kept}. Lower train.lr or raise train.warmup_steps."
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -21,3 +21,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "corpus" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _library_warnings_to_the_current_stderr():
+    """x-transformers warns through loguru, whose default sink keeps the sys.stderr of import time:
+    under pytest's capture that stream is closed later. Write to whatever sys.stderr is now instead."""
+    import sys
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(lambda message: sys.stderr.write(message), level="WARNING", format="{level}: {message}")
+    yield

@@ -64,7 +64,7 @@ def test_evaluate_command_logs_into_the_same_run(tmp_path, monkeypatch, capsys):
     assert main(argv) == 0
     assert main(argv[:4] + ["--iw-samples", "6", "--max-sequences", "16"]) == 0
     run = MlflowClient(uri).get_run(row["run_id"])
-    assert run.data.params["test.iw_samples"] == "4" and run.data.params["test_k6.iw_samples"] == "6"
-    assert {"test.iw_nll", "test.mi", "test_k6.iw_nll", "valid.iw_nll"} <= set(run.data.metrics)
+    assert run.data.params["test.iw_samples"] == "4" and run.data.params["test_k6_n16.iw_samples"] == "6"
+    assert {"test.iw_nll", "test.mi", "test_k6_n16.iw_nll", "valid.iw_nll"} <= set(run.data.metrics)
     assert main(["evaluate", "no-such-run"]) == 2
     assert "not in the store" in capsys.readouterr().err
