@@ -140,3 +140,17 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         files_module.save_checkpoint(path, {"step": 2})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]
+
+
+def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path, monkeypatch):
+    real_objective = train_module.objective
+
+    def poisoned(*args, **kwargs):
+        terms = real_objective(*args, **kwargs)
+        terms.loss = terms.loss * float("inf")
+        return terms
+
+    monkeypatch.setattr(train_module, "objective", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 0.*no checkpoint had been written yet"):
+        train(smoke(), run_dir=tmp_path, progress=False)
+    assert not (tmp_path / CHECKPOINT).exists()
