@@ -32,3 +32,7 @@ class ResultsMissingError(GptvaeError, FileNotFoundError):
 
 class FileWriteError(GptvaeError, OSError):
     """A file could not be written: full disk, read-only folder, no permission."""
+
+
+class ClaimLostError(GptvaeError, RuntimeError):
+    """Another process took over a setting this process was training (its claim went stale)."""

@@ -87,8 +87,10 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
         "rate_distortion": plots.rate_distortion(runs, spec.experiment, factor_label=spec.label),
         "curves": plots.training_curves(res["history"], runs, spec.experiment, factor_label=spec.label),
     }
-    label_column = next((c for c in ("sentiment", "position") if c in res["posterior_means"]), None)
-    if label_column:
+    points = res["posterior_means"]
+    label_column = next((c for c in ("sentiment", "position") if c in points), None)
+    shown = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)].run_id
+    if label_column and points.run_id.isin(shown).any():   # runs trained before runs logged them have none
         figures["posterior"] = plots.posterior_means(res["posterior_means"], runs, spec.experiment,
                                                      label=label_column, symbol=spec.symbol)
     pngs = [plots.save(fig, f"{spec.name}_{kind}", where["figures"])[0] for kind, fig in figures.items()]

@@ -101,12 +101,11 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 
 
 def _artifact(tracker: Tracker, run_id: str, name: str, folder: Path) -> pd.DataFrame | None:
-    """A CSV artifact of a run, or None if the run did not log it."""
-    try:
-        path = tracker.call(tracker.client.download_artifacts, run_id, name, str(folder))
-    except Exception:   # MLflow raises several types for a missing artifact
+    """A CSV artifact of a run, or None if the run did not log it (any other failure is raised)."""
+    logged = {a.path for a in tracker.call(tracker.client.list_artifacts, run_id)}
+    if name not in logged:
         return None
-    return pd.read_csv(path)
+    return pd.read_csv(tracker.call(tracker.client.download_artifacts, run_id, name, str(folder)))
 
 
 def collect_artifacts(tracker: Tracker, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -136,7 +135,7 @@ def collect_artifacts(tracker: Tracker, runs: pd.DataFrame) -> tuple[pd.DataFram
         print(f"warning: {len(missing)} run(s) logged no samples.csv artifact (trained before runs logged "
               f"their samples): {', '.join(missing)}; their samples and posterior means are not exported",
               file=sys.stderr)
-    return (pd.concat(means, ignore_index=True) if means else pd.DataFrame()), \
+    return (pd.concat(means, ignore_index=True) if means else pd.DataFrame(columns=["run_id", "row", "pc1", "pc2"])), \
         (pd.concat(samples, ignore_index=True) if samples else pd.DataFrame(columns=["run_id", "section", "text"]))
 
 

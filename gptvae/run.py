@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptvae.config import Config, config_hash
+from gptvae.errors import ClaimLostError
 from gptvae.files import CHECKPOINT, atomic_write_csv, atomic_write_json, atomic_write_text
 from gptvae.tracking import (TAG_AUTOCAST, TAG_CHECKPOINT, TAG_CLAIMED_FOR, TAG_DEVICE, TAG_GIT, TAG_HEARTBEAT,
-                             TAG_HOLDER, TAG_KIND, TAG_SAME_AS, Tracker)
+                             TAG_HOLDER, TAG_KIND, TAG_SAME_AS, TAG_THREADS, Tracker)
 
 RESULT = "result.json"
 HEARTBEAT_SECONDS = 30     # how often a claim's holder says it is alive
@@ -97,18 +98,22 @@ class RunLogger:
     points in batches at each flush. A step already in the store (a resumed run) is never written again."""
 
     def __init__(self, tracker: Tracker, run_id: str, *, cfg: Config, checkpoint: Path,
-                 progress_key: str = "train/loss"):
+                 progress_key: str = "train/loss", claim: "Claim | None" = None):
         self.tracker, self.run_id, self.cfg, self.checkpoint = tracker, run_id, cfg, checkpoint
+        self.claim = claim
         self.progress_key = progress_key
         self.buffer: list[tuple[str, float, int]] = []
         self.logged_through = tracker.last_step(run_id, progress_key)
 
     def start(self, *, model, corpus, device, autocast: bool) -> None:
+        import torch
+
         from gptvae.families import num_parameters
 
         self.tracker.log_params(self.run_id, {**self.cfg.flat(), "model.num_parameters": num_parameters(model),
                                               "data.vocab_size": len(corpus.vocab)})
         self.tracker.set_tags(self.run_id, {TAG_GIT: git_commit(), TAG_DEVICE: device.type, TAG_AUTOCAST: autocast,
+                                            TAG_THREADS: torch.get_num_threads(),
                                             TAG_CHECKPOINT: str(self.checkpoint.resolve())})
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -116,6 +121,8 @@ class RunLogger:
             self.buffer.extend((k, v, step) for k, v in metrics.items())
 
     def flush(self) -> None:
+        if self.claim is not None:
+            self.claim.check()   # before every checkpoint: never write on after another process took over
         if self.buffer:
             # the progress key last: a flush cut short leaves its step unlogged, so a resume logs it again
             self.buffer.sort(key=lambda point: point[0] == self.progress_key)
@@ -142,7 +149,9 @@ def interrupts_deferred():
         yield
         return
     caught = []
-    previous = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    held = [sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+            if signal.getsignal(sig) not in (signal.SIG_IGN, signal.SIG_DFL, None)]
+    previous = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in held}
     try:
         yield
     finally:
@@ -192,20 +201,32 @@ class Claim:
         self.id = self.tracker.create_claim(self.key, {
             TAG_HOLDER: f"{socket.gethostname()}:{os.getpid()}", TAG_HEARTBEAT: f"{now:.0f}",
             TAG_CLAIMED_FOR: self.child_id})
-        rivals = []
-        for claim in self.tracker.claims(self.key):
-            if claim.info.run_id == self.id:
-                continue
-            if self.live(claim, now):
-                rivals.append(claim)
-            else:   # its holder is gone: withdraw it for them
-                self.tracker.delete_run(claim.info.run_id)
+        try:
+            rivals = []
+            for claim in self.tracker.claims(self.key):
+                if claim.info.run_id == self.id:
+                    continue
+                if self.live(claim, now):
+                    rivals.append(claim)
+                else:   # its holder is gone: withdraw it for them
+                    self.tracker.delete_run(claim.info.run_id)
+        except BaseException:
+            self.release()   # a claim we cannot finish making is withdrawn, not leaked
+            raise
         if rivals:
             self.release()
             return rivals[0].data.tags.get(TAG_CLAIMED_FOR, rivals[0].info.run_id)
         self._beat = threading.Thread(target=self._heartbeat, name=f"claim {self.key}", daemon=True)
         self._beat.start()
         return None
+
+    def check(self) -> None:
+        """Raise ClaimLostError if the claim was withdrawn by another process (it saw no heartbeat
+        for STALE_SECONDS and took the setting over): this process must stop training it."""
+        if self.id is not None and self.tracker.run(self.id).info.lifecycle_stage == "deleted":
+            raise ClaimLostError(f"the claim on {self.key} was taken over by another process (this one's "
+                                 f"heartbeat did not reach {self.tracker.uri} for {STALE_SECONDS} s); "
+                                 "this process stopped training it")
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
@@ -251,35 +272,44 @@ def execute(task: RunTask, *, tracker: Tracker | None = None, stop_after: int | 
         tracker.set_status(run_id, "FINISHED")
         return {**row, "status": f"reused {twin.info.run_id[:8]}", **_summary(twin.data.metrics)}
 
+    def finished_here():   # another process executing this very child (the same sweep twice) finished it
+        if tracker.status(run_id) != "FINISHED":
+            return None
+        return {**row, "status": "skipped (finished)", **_summary(tracker.resolve(run_id).data.metrics)}
+
     while True:
-        if (done := linked()) is not None:
+        if (done := finished_here() or linked()) is not None:
             return done
         claim = Claim(tracker, claim_key(run), run_id)
         holder = claim.acquire()
         if holder is None:
             break
-        tracker.set_status(run_id, "SCHEDULED")
+        if holder != run_id:   # the holder trains another child; this one waits (its own holder sets it)
+            tracker.set_status(run_id, "SCHEDULED")
         if not wait:
             return {**row, "status": f"waiting for {holder[:8]}"}
         time.sleep(POLL_SECONDS * (1 + random.random()))
 
     try:
-        if (done := linked()) is not None:   # it finished between our first look and our claim
+        if (done := finished_here() or linked()) is not None:   # it finished between our look and our claim
             return done
         run_dir = run_dir_for(task.runs_root, task.experiment, cfg)
-        tracker.set_status(run_id, "RUNNING")
-        logger = RunLogger(tracker, run_id, cfg=cfg, checkpoint=run_dir / CHECKPOINT)
         try:
-            from gptvae.device import core_share   # torch: only where training happens
+            tracker.set_status(run_id, "RUNNING")
+            logger = RunLogger(tracker, run_id, cfg=cfg, checkpoint=run_dir / CHECKPOINT, claim=claim)
+            from gptvae.cores import core_share   # torch: only where training happens
 
             with core_share(task.threads):
                 outcome = _train_and_record(task, run_dir, tracker, run_id, logger, stop_after)
         except BaseException as err:
             with interrupts_deferred():   # a second Ctrl-C must not leave the run RUNNING
                 try:
+                    if isinstance(err, ClaimLostError):
+                        raise   # the process that took over owns the run's status now
                     logger.flush()
                 finally:
-                    tracker.set_status(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+                    if not isinstance(err, ClaimLostError):
+                        tracker.set_status(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
     finally:
         with interrupts_deferred():

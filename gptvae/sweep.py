@@ -177,15 +177,14 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
                      tracking_uri=tracker.uri, progress=progress) for run in runs]
 
     rows: list[dict] = []
+    outcomes = chosen.run(tasks)
     try:
-        for row in tqdm(chosen.run(tasks), total=len(tasks), desc=spec.experiment, unit="run",
-                        disable=not progress, position=1):
+        for row in tqdm(outcomes, total=len(tasks), desc=spec.experiment, unit="run", disable=not progress,
+                        position=1):
             rows.append(row)
-    except KeyboardInterrupt:
-        tracker.set_status(parent_id, "KILLED")
-        raise
-    except BaseException:
-        tracker.set_status(parent_id, "FAILED")
+    except BaseException as err:
+        outcomes.close()   # the executor stops its runs (marking them) before the parent is marked
+        tracker.set_status(parent_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     tracker.set_status(parent_id, "FINISHED")
     order = {run.name: i for i, run in enumerate(runs)}

@@ -33,6 +33,7 @@ TAG_CHECKPOINT = "gptvae.checkpoint"   # a trained run: the absolute path of its
 TAG_GIT = "gptvae.git_commit"          # a trained run: the commit it ran from, "+dirty" with local changes
 TAG_DEVICE = "gptvae.device"
 TAG_AUTOCAST = "gptvae.autocast"
+TAG_THREADS = "gptvae.threads"         # a trained run: torch threads it trained with (its numbers are exact per count)
 TAG_SWEEP = "gptvae.sweep_key"         # a parent: spec | preset | dataset | overrides
 TAG_FACTOR = "gptvae.factor"           # a parent: the config key its sweep varies
 TAG_PRESET = "gptvae.preset"
@@ -201,7 +202,7 @@ class Tracker:
 
     def child_run(self, experiment_id: str, *, config_hash: str, seed: int, name: str,
                   parent_id: str | None, tags: dict[str, str]):
-        """(run_id, status) of the child for this setting and seed, created if it does not exist yet."""
+        """(run_id, status) of the child for this setting and seed, created (SCHEDULED) if it does not exist yet."""
         def find_or_create():
             query = f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_SEED}` = '{seed}'"
             found = self.client.search_runs([experiment_id], filter_string=query, max_results=10,
@@ -212,7 +213,9 @@ class Tracker:
             if parent_id:
                 all_tags[TAG_PARENT] = parent_id
             run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
-            return run.info.run_id, run.info.status
+            # MLflow makes runs RUNNING; a child is RUNNING only while a process that holds its claim trains it
+            self.client.update_run(run.info.run_id, status="SCHEDULED")
+            return run.info.run_id, "SCHEDULED"
 
         return self.call(find_or_create)
 
@@ -250,8 +253,8 @@ class Tracker:
         return self.run(source) if source else run
 
     def set_status(self, run_id: str, status: str) -> None:
-        if status == "RUNNING":
-            self.call(self.client.update_run, run_id, status="RUNNING")
+        if status in ("RUNNING", "SCHEDULED"):   # not over: no end time
+            self.call(self.client.update_run, run_id, status=status)
         else:
             self.call(self.client.set_terminated, run_id, status=status)
 

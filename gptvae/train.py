@@ -76,7 +76,7 @@ def validate(model, split: Split, cfg: Config, *, device, autocast: bool) -> dic
             rec += float(terms.rec)
             kl += float(terms.kl)
             tokens += terms.tokens
-            means.append(terms.posterior.mean.float().cpu())
+            means.append(model.posterior(x).mean.float().cpu())   # fp32, outside autocast: AU is a threshold
     model.train(was_training)
     n = len(split)
     out = {"val/rec": rec / n, "val/kl": kl / n, "val/neg_elbo": (rec + kl) / n,
@@ -145,6 +145,11 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         start_step = resumed_from = int(state["step"])
         seconds_before = float(state.get("train_seconds", 0.0))
+        if state.get("threads") and device.type == "cpu":
+            # the reductions' order depends on the thread count: resume with the run's own, for exact numbers
+            from gptvae.cores import usable_cores
+
+            torch.set_num_threads(min(int(state["threads"]), usable_cores()))
     else:
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
 
@@ -154,7 +159,10 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
     def elapsed() -> float:
         return seconds_before + time.time() - started
 
+    last_checkpoint = start_step
+
     def checkpoint(step: int) -> None:
+        nonlocal last_checkpoint
         if logger is not None:
             logger.flush()   # store first: a re-logged step is skipped on resume, a lost one would not be
         rng = {"torch": torch.get_rng_state()}
@@ -162,7 +170,9 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
             rng["cuda"] = torch.cuda.get_rng_state()
         save_checkpoint(ckpt_path, {"step": step, "config": cfg.to_dict(), "model": model.state_dict(),
                                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                    "rng": rng, "vocab_size": len(corpus.vocab), "train_seconds": elapsed()})
+                                    "rng": rng, "vocab_size": len(corpus.vocab), "train_seconds": elapsed(),
+                                    "threads": torch.get_num_threads()})
+        last_checkpoint = step
 
     if cfg.train.compile:
         from x_transformers import TransformerWrapper
@@ -198,8 +208,7 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             bar.close()
-            kept = (f"the last good checkpoint {ckpt_path} (step {load_checkpoint(ckpt_path)['step']}) is kept"
-                    if ckpt_path.exists() else
+            kept = (f"the last good checkpoint {ckpt_path} (step {last_checkpoint}) is kept" if last_checkpoint else
                     f"no checkpoint had been written yet (the first comes at step {cfg.train.eval_every})")
             raise NonFiniteLossError(
                 f"loss became {loss_value} at step {step} (rec {float(terms.rec):.3g}, KL {float(terms.kl):.3g}); "

@@ -8,9 +8,11 @@ os.environ["GPTVAE_OFFLINE"] = "1"
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Tests never read or write the user's dataset cache."""
+    """Tests never read or write the user's dataset cache, and their training processes share the
+    cores among themselves only: training elsewhere on the machine does not change their threads."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GPTVAE_CACHE_DIR", str(tmp_path_factory.mktemp("gptvae-cache")))
+        mp.setenv("GPTVAE_RUNTIME_DIR", str(tmp_path_factory.mktemp("gptvae-runtime")))
         yield
 
 

@@ -41,9 +41,13 @@ def sweep_args(spec: Path, runs: Path, *extra) -> list[str]:
 
 
 def children(uri: str, experiment: str) -> list:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    return [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    """Through Tracker, which takes the store's lock as the sweeps do (a bare client would race them)."""
+    from gptvae.tracking import Tracker
+
+    tracker = Tracker(uri)
+    exp_id = tracker.find_experiment(experiment)
+    runs = tracker.call(tracker.client.search_runs, [exp_id]) if exp_id else []
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
 
 def histories(uri: str, run) -> dict[str, list[tuple[int, float]]]:
@@ -118,14 +122,12 @@ def test_ctrl_c_with_two_jobs_cancels_the_queue_and_kills_the_running(tmp_path):
     spec = write_spec(tmp_path, "many", "objective.beta", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     sweep = gptvae(*sweep_args(spec, tmp_path / "runs", "--jobs", "2", "--set=train.steps=400"), uri=uri,
                    start_new_session=True)   # its own process group, as a terminal gives it
-    deadline = time.time() + 120
+    store = tmp_path / "mlflow.db"
+    deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(1)
-        try:
-            if sum(r.info.status == "RUNNING" for r in children(uri, "ablation-many")) == 2:
-                break
-        except Exception:   # the store or the experiment does not exist yet
-            pass
+        if store.exists() and sum(r.info.status == "RUNNING" for r in children(uri, "ablation-many")) == 2:
+            break
     os.killpg(sweep.pid, signal.SIGINT)                       # Ctrl-C
     started = time.time()
     _, err = sweep.communicate(timeout=120)
@@ -182,11 +184,12 @@ def test_random_kills_lose_nothing_and_log_nothing_twice(tmp_path):
 
 @pytest.mark.slow
 def test_two_sweeps_sharing_a_setting_train_it_once(tmp_path):
-    """beta = 1 is lambda = 0, and both sweeps have the LM row: 4 settings in all, 6 rows, 4 trainings."""
+    """beta = 1 is lambda = 0, and both sweeps have the LM row: 4 settings in all, 6 rows, 4 trainings.
+    The floor sweep is started twice as well: two processes on the very same child runs."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     floor = write_spec(tmp_path, "floor", "objective.free_bits", [0.0, 0.3])
     weight = write_spec(tmp_path, "weight", "objective.beta", [1.0, 0.4])
-    sweeps = [gptvae(*sweep_args(spec, tmp_path / "runs"), uri=uri) for spec in (floor, weight)]
+    sweeps = [gptvae(*sweep_args(spec, tmp_path / "runs"), uri=uri) for spec in (floor, weight, floor)]
     for sweep in sweeps:
         _, err = sweep.communicate(timeout=900)
         assert sweep.returncode == 0, err[-2000:]
@@ -204,9 +207,9 @@ def test_two_sweeps_sharing_a_setting_train_it_once(tmp_path):
 
 def test_each_trainer_takes_its_share_of_the_cores(tmp_path):
     """Alone: every core. Beside another trainer: half of them (at least one)."""
-    from gptvae.device import core_share, usable_cores
+    from gptvae.cores import core_share, usable_cores
 
-    code = "from gptvae.device import core_share\nwith core_share() as n: print(n)"
+    code = "from gptvae.cores import core_share\nwith core_share() as n: print(n)"
     env = {**os.environ, "GPTVAE_RUNTIME_DIR": str(tmp_path)}
     alone = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert int(alone.stdout) == usable_cores()

@@ -73,7 +73,13 @@ def test_kill_9_mid_training_then_resume(tmp_path):
     assert row["status"] == "resumed"
     resumed = json.loads((ckpt.parent / RESULT).read_text())
 
-    reference = final(train(cfg, run_dir=tmp_path / "reference", progress=False), cfg)
+    threads = load_checkpoint(ckpt)["threads"]   # its share of the cores; numbers are exact per thread count
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        reference = final(train(cfg, run_dir=tmp_path / "reference", progress=False), cfg)
+    finally:
+        torch.set_num_threads(before)
     for key, value in reference.items():
         if not key.startswith("time."):
             assert resumed[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key

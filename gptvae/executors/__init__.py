@@ -14,9 +14,9 @@ another process or on another machine.
 from __future__ import annotations
 
 import importlib
-import os
 
 from gptvae.config import require
+from gptvae.cores import usable_cores
 
 EXECUTORS = {
     "serial": "gptvae.executors.serial",   # one run after another, in this process
@@ -32,4 +32,4 @@ def get_executor(name: str, *, jobs: int = 1):
 
 def threads_per_job(jobs: int) -> int:
     """Each of `jobs` concurrent runs gets an equal share of this machine's cores."""
-    return max(1, (os.cpu_count() or 1) // jobs)
+    return max(1, usable_cores() // jobs)

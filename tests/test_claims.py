@@ -1,0 +1,57 @@
+"""The claim on a setting (gptvae.run.Claim) against a real SQLite store: one holder at a time, dead
+holders taken over, a holder that lost its claim told so."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from gptvae.errors import ClaimLostError
+from gptvae.run import Claim
+from gptvae.tracking import TAG_HEARTBEAT, TAG_HOLDER, Tracker
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    return Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_one_holder_at_a_time(tracker):
+    first, second = Claim(tracker, "abc-seed0", "child-1"), Claim(tracker, "abc-seed0", "child-2")
+    assert first.acquire() is None
+    assert second.acquire() == "child-1"                     # told whose run to wait for
+    assert len(tracker.claims("abc-seed0")) == 1             # the loser withdrew its own claim
+    assert Claim(tracker, "other-seed0", "child-3").acquire() is None   # another setting is free
+    first.release()
+    assert second.acquire() is None and len(tracker.claims("abc-seed0")) == 1
+    second.release()
+    assert tracker.claims("abc-seed0") == []
+
+
+def test_a_dead_holder_is_taken_over(tracker):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    tracker.create_claim("abc-seed0", {TAG_HOLDER: f"{socket.gethostname()}:{dead.stdout.strip()}",
+                                       TAG_HEARTBEAT: "9999999999", "gptvae.claimed_for": "child-1"})
+    mine = Claim(tracker, "abc-seed0", "child-2")
+    assert mine.acquire() is None                            # its process is gone: the claim is stale
+    assert [c.info.run_id for c in tracker.claims("abc-seed0")] == [mine.id]
+    mine.release()
+
+
+def test_a_silent_holder_elsewhere_is_taken_over_and_a_live_one_is_not(tracker):
+    tracker.create_claim("old-seed0", {TAG_HOLDER: "another-host:1", TAG_HEARTBEAT: "1000"})
+    tracker.create_claim("new-seed0", {TAG_HOLDER: "another-host:1", TAG_HEARTBEAT: "9999999999"})
+    assert Claim(tracker, "old-seed0", "c").acquire() is None
+    assert Claim(tracker, "new-seed0", "c").acquire() is not None
+
+
+def test_a_holder_whose_claim_was_taken_over_stops(tracker):
+    mine = Claim(tracker, "abc-seed0", "child-1")
+    assert mine.acquire() is None
+    mine.check()                                             # still ours
+    tracker.delete_run(mine.id)                              # what a rival does to a claim it finds stale
+    with pytest.raises(ClaimLostError, match="taken over by another process"):
+        mine.check()
+    mine._stop.set()
