@@ -61,6 +61,7 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
             source = tracker.run(tags[TAG_SAME_AS]) if TAG_SAME_AS in tags else run
             params = source.data.params
             rows.append({
+                "started": run.info.start_time,
                 "experiment": exp.name, "factor": factor,
                 "value": np.nan if kind == BASELINE else float(params[factor]),
                 "kind": kind, "seed": int(tags[TAG_SEED]), "preset": ptags.get(TAG_PRESET),
@@ -73,7 +74,11 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    return frame.sort_values(["experiment", "kind", "value", "seed"], ascending=[True, False, True, True]).reset_index(drop=True)
+    # one row per setting and seed: a store can hold two children for one (e.g. an LM row planned under an
+    # older config hash and again under today's); the first one made stands, as both are the same model
+    frame = frame.sort_values("started", kind="stable").drop_duplicates(["experiment", "kind", "value", "seed"])
+    return frame.drop(columns="started").sort_values(["experiment", "kind", "value", "seed"],
+                                                     ascending=[True, False, True, True]).reset_index(drop=True)
 
 
 def collect_history(tracker: Tracker, run_ids) -> pd.DataFrame:

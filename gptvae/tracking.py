@@ -183,11 +183,6 @@ class Tracker:
 
         return [r for r in self.call(search) if TAG_HASH in r.data.tags]
 
-    def find_runs(self, experiment_id: str, tags: dict[str, str]) -> list:
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        return self.call(self.client.search_runs, [experiment_id], filter_string=query, max_results=1000,
-                         order_by=["attributes.start_time ASC"])
-
     def parent_run(self, experiment_id: str, sweep_key: str, *, name: str, tags: dict[str, str]) -> str:
         """The sweep's parent run: found by its key, so a re-run sweep keeps adding to the same one."""
         def find_or_create():

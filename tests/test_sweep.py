@@ -187,3 +187,23 @@ def test_a_spec_dropped_into_experiments_is_a_make_target(tmp_path):
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("ablation-my-factor").experiment_id])
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}   # the parent and three children
+
+
+def test_export_keeps_one_row_per_setting_and_seed(tmp_path):
+    """Two children for one setting and seed in one experiment (a row planned under an old hash and
+    again under today's) export as one row: the first made."""
+    from gptvae.results import collect_runs
+    from gptvae.tracking import TAG_FACTOR, TAG_KIND, TAG_PRESET
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracker.experiment_id("ablation-x")
+    parent = tracker.parent_run(exp, "x|smoke|yelp|", name="x", tags={TAG_FACTOR: "objective.beta", TAG_PRESET: "smoke"})
+    made = []
+    for config_hash in ("oldhash", "newhash"):
+        run_id, _ = tracker.child_run(exp, config_hash=config_hash, seed=0, name="LM baseline seed=0",
+                                      parent_id=parent, tags={TAG_KIND: "lm"})
+        tracker.set_status(run_id, "FINISHED")
+        made.append(run_id)
+        time.sleep(0.01)
+    runs = collect_runs(tracker)
+    assert list(runs.run_id) == [made[0]] and "started" not in runs
