@@ -79,9 +79,6 @@ class Batched:
     def to(self, *args, **kwargs):
         return self._map(lambda t: t.to(*args, **kwargs))
 
-    def detach(self):
-        return self._map(Tensor.detach)
-
     @classmethod
     def cat(cls, parts):
         parts = list(parts)

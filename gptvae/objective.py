@@ -88,7 +88,6 @@ class Terms:
     tokens: int           # predicted tokens (words + EOS)
     sequences: int
     beta: float
-    posterior: object     # q(z|x) of the batch, detached: validation reads its per-unit means
 
 
 def latent_dropout_mask(batch: int, p: float, device) -> Tensor:
@@ -127,5 +126,4 @@ def objective(model, tokens: Tensor, config: ObjectiveConfig, *, beta: float | N
     else:
         loss = rec / n_tokens + beta * upstream_kl_term(kl, floor=config.free_bits, mode=config.free_bits_mode)
 
-    return Terms(loss, rec.detach(), kl.sum().detach(), kl_floored.detach(), n_tokens, batch, beta,
-                 posterior.detach())
+    return Terms(loss, rec.detach(), kl.sum().detach(), kl_floored.detach(), n_tokens, batch, beta)

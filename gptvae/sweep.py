@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gptvae.config import Config, ConfigError, ObjectiveConfig, apply_overrides, config_hash, preset
+from gptvae.config import Config, ConfigError, ObjectiveConfig, apply_overrides, config_hash, parse_overrides, preset
 from gptvae.families import BASELINE
 from gptvae.run import SUMMARY_KEYS, PlannedRun, RunTask, run_dir_for
 from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_NOTE, TAG_PRESET, TAG_SAME_AS, TAG_SEED,
@@ -102,9 +102,7 @@ def load_specs(folder: str | Path = "experiments") -> list[SweepSpec]:
 def plan_runs(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, overrides=()) -> list[PlannedRun]:
     """Every (setting, seed) of a sweep, the baseline row last within each seed."""
     base = apply_overrides(apply_overrides(preset(preset_name, dataset=dataset), spec.base), overrides)
-    overridden = {item.partition("=")[0].strip() for item in overrides} if not isinstance(overrides, dict) \
-        else set(overrides)
-    if spec.factor in overridden:
+    if spec.factor in (overrides if isinstance(overrides, dict) else parse_overrides(overrides)):
         raise ConfigError(f"--set {spec.factor}=... overrides the factor this sweep varies ({spec.name}: "
                           f"{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in spec.values)}); "
                           "drop it, or write a spec with the grid you want")

@@ -174,12 +174,17 @@ class Tracker:
         found = self.call(self.client.get_experiment_by_name, name)
         return found.experiment_id if found else None
 
-    def finished_runs(self) -> list:
-        """Every FINISHED child run (trained or linked) of any experiment, oldest first."""
+    def finished_runs(self, *, config_hash: str | None = None, seed: int | None = None) -> list:
+        """Every FINISHED child run (trained or linked) of any experiment, oldest first; of one setting
+        and seed when given."""
+        query = "attributes.status = 'FINISHED'"
+        if config_hash is not None:
+            query += f" and tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_SEED}` = '{seed}'"
+
         def search():
             ids = [e.experiment_id for e in self.client.search_experiments()]
-            return self.client.search_runs(ids, filter_string="attributes.status = 'FINISHED'",
-                                           max_results=50_000, order_by=["attributes.start_time ASC"])
+            return self.client.search_runs(ids, filter_string=query, max_results=50_000,
+                                           order_by=["attributes.start_time ASC"])
 
         return [r for r in self.call(search) if TAG_HASH in r.data.tags]
 
@@ -216,14 +221,7 @@ class Tracker:
 
     def finished_twin(self, *, config_hash: str, seed: int, exclude_run: str | None = None):
         """A FINISHED run of this config and seed in any experiment that was trained, not linked (or None)."""
-        def search():
-            ids = [e.experiment_id for e in self.client.search_experiments()]
-            query = (f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_SEED}` = '{seed}' "
-                     "and attributes.status = 'FINISHED'")
-            return self.client.search_runs(ids, filter_string=query, max_results=100,
-                                           order_by=["attributes.start_time ASC"])
-
-        return next((r for r in self.call(search)
+        return next((r for r in self.finished_runs(config_hash=config_hash, seed=seed)
                      if TAG_SAME_AS not in r.data.tags and r.info.run_id != exclude_run), None)
 
     # claims: who is training which setting right now (gptvae.run.Claim)
