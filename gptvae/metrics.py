@@ -29,6 +29,8 @@ from gptvae.latents import Posterior, Prior
 
 # the (rows x N) block of log q(z_i|x_j) the MI estimator holds at once, in elements
 MI_BLOCK_ELEMENTS = 4_000_000
+# token positions per decoder call when scoring (x, z) pairs: large calls amortise the per-call cost
+IW_CHUNK_TOKENS = 32_768
 
 
 def exists(v):
@@ -305,8 +307,8 @@ def evaluate(
         plan = batch_plan(split.lengths, max_tokens=max_tokens, shuffle=False)
         for index in tqdm(plan, desc=f"evaluate (K={iw_samples})", unit="batch", disable=not progress, leave=False):
             tokens = collate(split, index).to(device)
-            # (x, z) pairs per decoder call: the same token budget as a batch, so memory stays bounded
-            chunk = default(iw_chunk_size, max(1, max_tokens // tokens.shape[1]))
+            # (x, z) pairs per decoder call: a token budget, so memory stays bounded and calls stay large
+            chunk = default(iw_chunk_size, max(1, max(max_tokens, IW_CHUNK_TOKENS) // tokens.shape[1]))
             n_tokens += int(((tokens != PAD).sum(-1) - 1).sum().item())
 
             lm_ll = _log_likelihood(model, tokens, None, autocast=autocast).double()

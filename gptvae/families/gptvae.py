@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from gptvae.config import ConfigError, ModelConfig
 from gptvae.data import BOS, EOS, PAD
-from gptvae.families.common import Example, exists, keep_logits, layer_kwargs, sequence_log_prob
+from gptvae.cross_entropy import sequence_log_prob
+from gptvae.families.common import Example, exists, keep_logits, layer_kwargs
 from gptvae.latents import DiagonalGaussian, StandardNormal
 
 
@@ -70,9 +71,11 @@ class Model(nn.Module):
         prepend = self.net.from_latent_to_prepend_token(z)
         seq_start_pos = drop_latent.long() if exists(drop_latent) else None
 
-        # feeding x[:-1] gives the same logits as upstream's x (causal), one position cheaper
-        logits = self.net.decoder(tokens[:, :-1], prepend_embeds=prepend, seq_start_pos=seq_start_pos)
-        return sequence_log_prob(logits[:, 1:], tokens[:, 1:])
+        # feeding x[:-1] gives the same logits as upstream's x (causal), one position cheaper; the
+        # output layer runs fused with the cross-entropy (gptvae.cross_entropy), on the scored positions
+        hidden = self.net.decoder(tokens[:, :-1], prepend_embeds=prepend, seq_start_pos=seq_start_pos,
+                                  return_embeddings=True)
+        return sequence_log_prob(hidden[:, 1:], self.net.decoder.to_logits.weight, tokens[:, 1:], ignore_index=PAD)
 
     @torch.no_grad()
     def generate(

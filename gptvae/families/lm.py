@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from gptvae.config import ModelConfig
 from gptvae.data import BOS, EOS, PAD
-from gptvae.families.common import Example, keep_logits, layer_kwargs, sequence_log_prob
+from gptvae.cross_entropy import sequence_log_prob
+from gptvae.families.common import Example, keep_logits, layer_kwargs
 from gptvae.latents import DiagonalGaussian, StandardNormal, no_latent
 
 
@@ -39,8 +40,8 @@ class Model(nn.Module):
 
     def log_likelihood(self, tokens: Tensor, z: Tensor | None = None, **_) -> Tensor:
         """Exact log p(x); a zero-unit z changes nothing, so it is accepted and ignored."""
-        logits = self.decoder(tokens[:, :-1])
-        return sequence_log_prob(logits, tokens[:, 1:])
+        hidden = self.decoder(tokens[:, :-1], return_embeddings=True)
+        return sequence_log_prob(hidden, self.decoder.to_logits.weight, tokens[:, 1:], ignore_index=PAD)
 
     @torch.no_grad()
     def generate(self, prompts: Tensor, *, max_new_tokens: int, temperature: float = 1.0,
