@@ -19,10 +19,14 @@ their count), so while it has the softmax in cache the forward pass also compute
 g = 1, and backward only scales them: the output layer then costs the 6NCD FLOPs of the textbook path
 instead of 8NCD. When backward brings weights that differ between tokens, it recomputes the logits
 chunk by chunk and weights each row: slower, equally exact.
+
+Without gradients (validation, IW-NLL) only log p(target) is needed: a small torch.compile'd kernel
+reads each chunk of logits once for its max, its sum of exponentials and the target's logit.
 """
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -55,20 +59,36 @@ def _target_log_prob_eager(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def _target_log_prob_fused(logits: Tensor, target: Tensor) -> Tensor:
+    """The same numbers in one pass over the logits once compiled: max, sum of exp, gather."""
     x = logits.float()
     m = x.amax(dim=-1, keepdim=True)
     lse = (x - m).exp().sum(dim=-1).log() + m[:, 0]
     return x.gather(1, target[:, None])[:, 0] - lse
 
 
-_compiled = None
+_target_log_prob_impl = None
 
 
 def _target_log_prob(logits: Tensor, target: Tensor) -> Tensor:
-    global _compiled
-    if _compiled is None:
-        _compiled = torch.compile(_target_log_prob_fused, dynamic=True)
-    return _compiled(logits, target)
+    """log_softmax(logits)[target] in float32, (n, C) -> (n,): the forward pass when no gradient is needed.
+
+    Compiled by torch.compile on first use (about 10 s once; inductor caches it on disk), because eager
+    log-softmax makes three passes over the logits and this is most of an IW-NLL evaluation. Where
+    compiling fails (no C++ compiler, an unsupported device) the eager version is used instead.
+    """
+    global _target_log_prob_impl
+    if _target_log_prob_impl is None:
+        try:
+            compiled = torch.compile(_target_log_prob_fused, dynamic=True)
+            out = compiled(logits, target)
+        except Exception as err:   # noqa: BLE001 - any compiler failure leaves the eager path, which is exact
+            warnings.warn(f"torch.compile of the output layer failed ({type(err).__name__}: {err}); "
+                          "using eager log-softmax, which is slower and as exact", stacklevel=2)
+            _target_log_prob_impl = _target_log_prob_eager
+            return _target_log_prob_eager(logits, target)
+        _target_log_prob_impl = compiled
+        return out
+    return _target_log_prob_impl(logits, target)
 
 
 def _softmax_minus_onehot(log_p: Tensor, rows: Tensor, target: Tensor, log_p_target: Tensor, *, into: Tensor,
@@ -110,10 +130,9 @@ class _LinearLogProb(torch.autograd.Function):
                 continue
             log_p = _log_softmax(h[part], wt)                     # (n_c, C) float32, in cache
             out[part] = log_p[r, t]
-            if grads_ahead:
-                _softmax_minus_onehot(log_p, r, t, out[part], into=d[: t.shape[0]])
-                grad_h[part] = d[: t.shape[0]] @ w
-                grad_w += d[: t.shape[0]].T @ h[part]
+            _softmax_minus_onehot(log_p, r, t, out[part], into=d[: t.shape[0]])
+            grad_h[part] = d[: t.shape[0]] @ w
+            grad_w += d[: t.shape[0]].T @ h[part]
 
         ctx.compute_dtype, ctx.chunk_rows = compute_dtype, chunk_rows
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
