@@ -11,16 +11,20 @@ is reported):
 peak     the bf16 and fp32 matmul throughput of this machine: the best of a few square matmuls.
 train    one optimiser step of the preset's model on its dataset, three ways:
          - upstream-style: x-transformers' `GPTVAE.forward` (its AutoregressiveWrapper loss), fp32,
-           fixed batches of random sentences padded to the corpus maximum, Adam, as its examples train;
+           batches of random sentences padded to the corpus maximum, Adam, gradient clip 0.5 (its
+           example script's optimiser; the script itself trains on fixed-length crops of enwik8);
          - textbook: our step with the output layer and cross-entropy of `gptvae.cross_entropy.textbook`
-           (logits materialised, log-softmax in float32), which is what our step computed before;
+           (logits materialised, log-softmax in float32), which is what our step computed before; it
+           differs from ours only in the output layer, so their ratio is the fused layer's gain, and
+           upstream-style vs textbook is length bucketing, bf16 autocast and fused AdamW together;
          - ours: `gptvae.train.train_step`, exactly what `gptvae train` runs.
          tokens/s counts predicted tokens (words + EOS, never padding); model FLOPs are
          6 x (parameters - token embeddings) per predicted token, so the output projection counts and
          figures compare across changes; MFU is that FLOP rate over the bf16 peak, measured
          again in every round (it drifts by 2x and more on shared CPUs).
 iw       importance-weighted NLL: (1) the preset's model on a slice of the test split, fused vs
-         textbook output layer, with the time K = 500 on the whole test split would take; (2) on a
+         textbook output layer (both with the same decoder calls of metrics.IW_CHUNK_TOKENS), with the
+         time K = 500 on the whole test split would take; (2) on a
          small synthetic model, batched vs one decoder call per sample, as reference code does, with
          the largest difference between the two numbers.
 
@@ -92,7 +96,8 @@ def predicted_tokens(x: torch.Tensor) -> int:
 
 
 class Upstream:
-    """x-transformers' GPTVAE trained the way its examples train it: fp32, fixed padded batches, Adam."""
+    """x-transformers' GPTVAE as plainly as it trains: its own forward and loss, fp32, batches padded to the
+    corpus maximum, Adam with its example's gradient clip."""
 
     name = "upstream-style"
 

@@ -3,22 +3,25 @@
 The textbook way to score a batch of N tokens over a vocabulary of C words materialises the (N, C)
 logits, copies them to float32 and runs log-softmax over them, forward and backward: at yelp's C =
 7,297 that is several passes over a 100 MB tensor per step, and it took about half of a `cpu`-preset
-training step. `linear_log_prob` computes the very same numbers chunk by chunk, each chunk of logits
-small enough to stay in cache:
+training step. `linear_log_prob` computes the same numbers chunk by chunk, one chunk of logits at a
+time (256 rows: a few MB, where the whole batch's logits are a hundred):
 
     log p(target_t) = h_t . w_target - logsumexp_c (h_t . w_c)
 
 It computes what the textbook path computes, in the same precisions: the matmul in the autocast dtype
 when autocast is on (its result rounded to that dtype, as `F.linear` under autocast rounds it), the
-log-sum-exp in float32, the gradient of the logits rounded back to the matmul dtype. The tests check
-the loss and both gradients against `F.linear` + `F.cross_entropy`.
+log-sum-exp in float32, the gradient of the logits rounded back to the matmul dtype. In float32 the
+results agree to float32 rounding; under bf16 the loss agrees and the gradients agree to bf16 rounding
+(the weight gradient is rounded once per chunk rather than once). The tests check the loss and both
+gradients against `F.linear` + `F.cross_entropy`, and bf16 gradients against the float64 answer.
 
 Backward. The gradient of the loss with respect to the logits is g_t (softmax_t - onehot_t). In
 training every token has the same weight g (the loss is a sum of token log-probabilities divided by
 their count), so while it has the softmax in cache the forward pass also computes the gradients for
 g = 1, and backward only scales them: the output layer then costs the 6NCD FLOPs of the textbook path
 instead of 8NCD. When backward brings weights that differ between tokens, it recomputes the logits
-chunk by chunk and weights each row: slower, equally exact.
+chunk by chunk and weights each row: equally exact, at twice the textbook FLOPs (no caller of ours
+does this; it is there so that the function is right for any loss).
 
 Without gradients (validation, IW-NLL) only log p(target) is needed: a small torch.compile'd kernel
 reads each chunk of logits once for its max, its sum of exponentials and the target's logit.
@@ -66,7 +69,8 @@ def _target_log_prob_fused(logits: Tensor, target: Tensor) -> Tensor:
     return x.gather(1, target[:, None])[:, 0] - lse
 
 
-_target_log_prob_impl = None
+_compiled_target_log_prob = None
+_compile_failed = False
 
 
 def _target_log_prob(logits: Tensor, target: Tensor) -> Tensor:
@@ -74,21 +78,19 @@ def _target_log_prob(logits: Tensor, target: Tensor) -> Tensor:
 
     Compiled by torch.compile on first use (about 10 s once; inductor caches it on disk), because eager
     log-softmax makes three passes over the logits and this is most of an IW-NLL evaluation. Where
-    compiling fails (no C++ compiler, an unsupported device) the eager version is used instead.
+    compiling fails (no C++ compiler, an unsupported device) the eager version is used from then on.
     """
-    global _target_log_prob_impl
-    if _target_log_prob_impl is None:
+    global _compiled_target_log_prob, _compile_failed
+    if not _compile_failed:
         try:
-            compiled = torch.compile(_target_log_prob_fused, dynamic=True)
-            out = compiled(logits, target)
+            if _compiled_target_log_prob is None:
+                _compiled_target_log_prob = torch.compile(_target_log_prob_fused, dynamic=True)
+            return _compiled_target_log_prob(logits, target)
         except Exception as err:   # noqa: BLE001 - any compiler failure leaves the eager path, which is exact
+            _compile_failed = True
             warnings.warn(f"torch.compile of the output layer failed ({type(err).__name__}: {err}); "
                           "using eager log-softmax, which is slower and as exact", stacklevel=2)
-            _target_log_prob_impl = _target_log_prob_eager
-            return _target_log_prob_eager(logits, target)
-        _target_log_prob_impl = compiled
-        return out
-    return _target_log_prob_impl(logits, target)
+    return _target_log_prob_eager(logits, target)
 
 
 def _softmax_minus_onehot(log_p: Tensor, rows: Tensor, target: Tensor, log_p_target: Tensor, *, into: Tensor,
@@ -140,7 +142,13 @@ class _LinearLogProb(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
+        with torch.autocast(grad_out.device.type, enabled=False):   # dtypes are the forward's, not the caller's
+            return _LinearLogProb._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: Tensor):
         h, w, target, out, *ahead = ctx.saved_tensors
         # d out_t / d logits_t = onehot_t - softmax_t: the loss weights row t by grad_out_t
         if ahead and grad_out.numel() and bool((grad_out == grad_out[:1]).all()):
@@ -166,6 +174,9 @@ class _LinearLogProb(torch.autograd.Function):
 
 def linear_log_prob(hidden: Tensor, weight: Tensor, target: Tensor, *, chunk_rows: int = CHUNK_ROWS) -> Tensor:
     """log softmax(hidden @ weight.T)[target] per row: (N, D), (C, D), (N,) -> (N,) float32."""
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= weight.shape[0]):
+        raise ValueError(f"targets must lie in [0, {weight.shape[0]}) (the output layer's vocabulary); got "
+                         f"[{int(target.min())}, {int(target.max())}]")
     compute_dtype = _compute_dtype(hidden.device.type, weight.dtype)
     grads_ahead = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     with torch.autocast(hidden.device.type, enabled=False):
@@ -193,7 +204,8 @@ def textbook_sequence_log_prob(logits: Tensor, target: Tensor, *, ignore_index: 
     return -nll.view(target.shape).sum(dim=-1)
 
 
-def sequence_log_prob(hidden: Tensor, weight: Tensor, target: Tensor, *, ignore_index: int) -> Tensor:
+def sequence_log_prob(hidden: Tensor, weight: Tensor, target: Tensor, *, ignore_index: int,
+                      chunk_rows: int = CHUNK_ROWS) -> Tensor:
     """Sum of log p(target_t) over the targets != ignore_index of each row: (B, n, D), (C, D), (B, n) -> (B,).
 
     Only the scored positions go through the output layer: padding costs nothing.
@@ -201,9 +213,9 @@ def sequence_log_prob(hidden: Tensor, weight: Tensor, target: Tensor, *, ignore_
     if _textbook:
         return textbook_sequence_log_prob(F.linear(hidden, weight), target, ignore_index=ignore_index)
     keep = target != ignore_index
-    row = torch.arange(target.shape[0], device=target.device)[:, None].expand_as(target)[keep]
-    log_prob = linear_log_prob(hidden[keep], weight, target[keep])
-    return torch.zeros(target.shape[0], dtype=torch.float32, device=target.device).index_add_(0, row, log_prob)
+    log_prob = linear_log_prob(hidden[keep], weight, target[keep], chunk_rows=chunk_rows)
+    # scattered back and summed per row: deterministic on every device (index_add_ is not on CUDA)
+    return torch.zeros(target.shape, dtype=torch.float32, device=target.device).masked_scatter(keep, log_prob).sum(-1)
 
 
 __all__ = ["CHUNK_ROWS", "linear_log_prob", "sequence_log_prob", "textbook", "textbook_sequence_log_prob"]

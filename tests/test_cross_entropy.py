@@ -25,32 +25,37 @@ def batch(seed=0):
     return hidden, weight, target
 
 
-def scored(hidden, weight, target, *, reference, autocast, weights=None):
+CHUNKS = [1, 7, 64, 10_000]   # one row at a time, ragged last chunks, several chunks, one chunk
+
+
+def scored(hidden, weight, target, *, reference, autocast, weights=None, chunk_rows=64):
     """Per-sequence log-probs and the gradients of a loss over them (uniform or per-sequence weights)."""
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     with textbook() if reference else torch.enable_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-        log_prob = sequence_log_prob(h, w, target, ignore_index=PAD)
+        log_prob = sequence_log_prob(h, w, target, ignore_index=PAD, chunk_rows=chunk_rows)
     loss = -log_prob.sum() / 97 if weights is None else (log_prob * weights).sum()
     loss.backward()
     return log_prob.detach(), h.grad, w.grad
 
 
+@pytest.mark.parametrize("chunk_rows", CHUNKS)
 @pytest.mark.parametrize("weights", [None, torch.linspace(-2, 3, B)], ids=["uniform", "per-sequence"])
-def test_fp32_loss_and_gradients_equal_the_textbook_path(weights):
+def test_fp32_loss_and_gradients_equal_the_textbook_path(weights, chunk_rows):
     hidden, weight, target = batch()
-    ours = scored(hidden, weight, target, reference=False, autocast=False, weights=weights)
+    ours = scored(hidden, weight, target, reference=False, autocast=False, weights=weights, chunk_rows=chunk_rows)
     ref = scored(hidden, weight, target, reference=True, autocast=False, weights=weights)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert ours[0][3] == 0 and ours[1][3].abs().max() == 0       # nothing scored, no gradient
 
 
+@pytest.mark.parametrize("chunk_rows", CHUNKS)
 @pytest.mark.parametrize("weights", [None, torch.linspace(-2, 3, B)], ids=["uniform", "per-sequence"])
-def test_bf16_loss_and_gradients_are_as_close_to_exact_as_the_textbook_path(weights):
+def test_bf16_loss_and_gradients_are_as_close_to_exact_as_the_textbook_path(weights, chunk_rows):
     """Under autocast both paths round the logits and their gradient to bf16; measured against the exact
     float64 answer, the fused path must be at least about as accurate as the textbook one."""
     hidden, weight, target = batch(1)
-    ours = scored(hidden, weight, target, reference=False, autocast=True, weights=weights)
+    ours = scored(hidden, weight, target, reference=False, autocast=True, weights=weights, chunk_rows=chunk_rows)
     ref = scored(hidden, weight, target, reference=True, autocast=True, weights=weights)
     exact = scored(hidden.double(), weight.double(), target, reference=True, autocast=False,
                    weights=None if weights is None else weights.double())
@@ -61,13 +66,36 @@ def test_bf16_loss_and_gradients_are_as_close_to_exact_as_the_textbook_path(weig
         assert err_ours <= 1e-2 * e.abs().max()
 
 
-def test_chunk_boundaries_do_not_matter():
+def test_scoring_without_gradients_equals_log_softmax():
+    """The compiled no-gradient kernel and its eager fallback, against log_softmax, over chunk sizes."""
+    import gptvae.cross_entropy as ce
+
     hidden, weight, target = batch(2)
     keep = target != PAD
     h, t = hidden[keep], target[keep]
-    whole = linear_log_prob(h, weight, t, chunk_rows=10_000)
-    for rows in (1, 7, 64):
-        torch.testing.assert_close(linear_log_prob(h, weight, t, chunk_rows=rows), whole, rtol=0, atol=1e-5)
+    exact = torch.log_softmax(h.double() @ weight.double().T, -1).gather(1, t[:, None])[:, 0]
+    with torch.no_grad():
+        for rows in CHUNKS:
+            torch.testing.assert_close(linear_log_prob(h, weight, t, chunk_rows=rows).double(), exact,
+                                       rtol=0, atol=1e-5)
+        logits = h @ weight.T
+        torch.testing.assert_close(ce._target_log_prob(logits, t), ce._target_log_prob_eager(logits, t),
+                                   rtol=0, atol=1e-5)
+
+
+def test_out_of_range_targets_are_one_clear_error():
+    hidden, weight = torch.randn(4, D), torch.randn(C, D)
+    for bad in (C, -1):
+        with pytest.raises(ValueError, match=rf"targets must lie in \[0, {C}\)"):
+            linear_log_prob(hidden, weight, torch.tensor([1, 2, bad, 3]))
+
+
+def test_second_derivatives_are_refused_not_wrong():
+    hidden, weight, target = batch()
+    h = hidden.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(sequence_log_prob(h, weight, target, ignore_index=PAD).sum(), h, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
 
 
 def test_nothing_to_score_gives_zero_and_zero_gradients():
@@ -80,7 +108,11 @@ def test_nothing_to_score_gives_zero_and_zero_gradients():
 
 
 @pytest.mark.parametrize("kind", ["vae", "lm"])
-def test_family_likelihood_equals_the_decoder_logits_path(kind):
+def test_family_likelihood_equals_the_decoders_own_logits(kind):
+    """Against the logits the x-transformers decoder itself returns (its to_logits applied), scored by
+    F.cross_entropy: the code before the fused layer. Catches a hidden state that is not what to_logits sees."""
+    from gptvae.cross_entropy import textbook_sequence_log_prob
+
     cfg = apply_overrides(preset("smoke"), {"model.kind": kind})
     torch.manual_seed(0)
     model = build_model(cfg.model, num_tokens=40).eval()
@@ -88,10 +120,16 @@ def test_family_likelihood_equals_the_decoder_logits_path(kind):
     x[:, 0] = 1
     x[2, 5:] = PAD
     z = torch.randn(6, model.prior.units)
+    drop = torch.tensor([False, True, False, False, True, False])
     with torch.no_grad():
-        fused = model.log_likelihood(x, z)
-        with textbook():
-            ref = model.log_likelihood(x, z)
+        if kind == "vae":
+            fused = model.log_likelihood(x, z, drop_latent=drop)
+            logits = model.net.decoder(x[:, :-1], prepend_embeds=model.net.from_latent_to_prepend_token(z),
+                                       seq_start_pos=drop.long())[:, 1:]
+        else:
+            fused = model.log_likelihood(x, z)
+            logits = model.decoder(x[:, :-1])
+        ref = textbook_sequence_log_prob(logits, x[:, 1:], ignore_index=PAD)
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -113,8 +151,9 @@ def test_iw_nll_of_a_trained_model_equals_the_textbook_path(trained_smoke, autoc
     with textbook():
         ref = evaluate(trained_smoke.model, split, **common)
     assert fast["iw_samples"] == 16 and fast["n_tokens"] == ref["n_tokens"]
-    assert abs(fast["iw_nll_per_token"] - ref["iw_nll_per_token"]) < 1e-3
-    assert abs(fast["lm_nll_per_token"] - ref["lm_nll_per_token"]) < 1e-3
+    # the issue asks for 1e-3 nats/token; both paths score the same logits, so far less holds
+    assert abs(fast["iw_nll_per_token"] - ref["iw_nll_per_token"]) < 1e-5
+    assert abs(fast["lm_nll_per_token"] - ref["lm_nll_per_token"]) < 1e-5
     assert fast["kl"] == pytest.approx(ref["kl"], abs=1e-6)           # the encoder is untouched
 
 
