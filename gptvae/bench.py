@@ -40,6 +40,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 
 from gptvae.config import ModelConfig, preset
 from gptvae.cross_entropy import textbook
@@ -112,20 +113,16 @@ class Upstream:
                             latents_dropout_prob=cfg.objective.latent_dropout, vae_kl_div_floor=cfg.objective.free_bits,
                             **layer_kwargs(m)).to(device).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
-        split = corpus.splits["train"]
-        longest = int(max(s.lengths.max() for s in corpus.splits.values())) + 2   # BOS ... EOS
-        batch = max(1, cfg.train.batch_tokens // longest)
-        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(cfg.train.seed))
-        self.batches = []
-        for i in range(0, len(split) - batch + 1, batch):
-            x = torch.full((batch, longest), PAD, dtype=torch.long)
-            padded = collate(split, order[i:i + batch])
-            x[:, :padded.shape[1]] = padded
-            self.batches.append(x)
+        self.split = corpus.splits["train"]
+        self.longest = int(max(s.lengths.max() for s in corpus.splits.values())) + 2   # BOS ... EOS
+        batch = max(1, cfg.train.batch_tokens // self.longest)
+        order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(cfg.train.seed))
+        self.batches = list(order[: len(order) // batch * batch].split(batch))
         self.device, self.i = device, 0
 
     def step(self) -> int:
-        x = self.batches[self.i % len(self.batches)].to(self.device)
+        x = collate(self.split, self.batches[self.i % len(self.batches)])   # collated per step, as we train
+        x = F.pad(x, (0, self.longest - x.shape[1]), value=PAD).to(self.device)
         self.i += 1
         loss = self.model(x)
         loss.backward()
@@ -145,14 +142,13 @@ class Ours:
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.autocast = cfg.train.autocast and bf16_is_fast(device)
-        split = corpus.splits["train"]
-        self.batches = [collate(split, index)
-                        for index in batch_plan(split.lengths, max_tokens=cfg.train.batch_tokens, shuffle=True,
-                                                seed=cfg.train.seed)]
+        self.split = corpus.splits["train"]
+        self.batches = batch_plan(self.split.lengths, max_tokens=cfg.train.batch_tokens, shuffle=True,
+                                  seed=cfg.train.seed)
         self.i = 0
 
     def step(self) -> int:
-        x = self.batches[self.i % len(self.batches)].to(self.device)
+        x = collate(self.split, self.batches[self.i % len(self.batches)]).to(self.device)
         beta = beta_at(self.cfg.objective, self.i, self.cfg.train.steps)
         self.i += 1
         with textbook() if self.reference else nullcontext():

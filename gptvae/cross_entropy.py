@@ -174,9 +174,11 @@ class _LinearLogProb(torch.autograd.Function):
 
 def linear_log_prob(hidden: Tensor, weight: Tensor, target: Tensor, *, chunk_rows: int = CHUNK_ROWS) -> Tensor:
     """log softmax(hidden @ weight.T)[target] per row: (N, D), (C, D), (N,) -> (N,) float32."""
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= weight.shape[0]):
-        raise ValueError(f"targets must lie in [0, {weight.shape[0]}) (the output layer's vocabulary); got "
-                         f"[{int(target.min())}, {int(target.max())}]")
+    if target.numel():
+        low, high = (int(v) for v in target.aminmax())
+        if low < 0 or high >= weight.shape[0]:
+            raise ValueError(f"targets must lie in [0, {weight.shape[0]}) (the output layer's vocabulary); "
+                             f"got [{low}, {high}]")
     compute_dtype = _compute_dtype(hidden.device.type, weight.dtype)
     grads_ahead = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     with torch.autocast(hidden.device.type, enabled=False):
