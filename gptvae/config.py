@@ -86,11 +86,13 @@ class ObjectiveConfig:
     scale: str = "elbo"             # elbo | upstream (parity with x-transformers only)
     schedule: str = "constant"      # constant | linear | cyclical | zero_linear
     beta_start: float = 0.0         # beta0, where linear, cyclical and zero_linear start
-    warmup_steps: int = 0           # linear: steps from beta_start to beta (Bowman et al. 2016)
+    warmup_steps: int = 0           # linear: steps from beta_start to beta (Bowman et al. 2016); 0: ramp_fraction
+                                    # of training
     cycles: int = 4                 # cyclical: number of cycles M over training (Fu et al. 2019)
     cycle_ratio: float = 0.5        # cyclical: fraction R of each cycle spent rising
     zero_fraction: float = 0.25     # zero_linear: fraction of training at beta = 0 (Optimus)
-    ramp_fraction: float = 0.25     # zero_linear: fraction of training rising to beta afterwards
+    ramp_fraction: float = 0.25     # zero_linear: fraction of training rising to beta afterwards (linear: the
+                                    # rise when warmup_steps is 0)
 
     def validate(self) -> None:
         _check_fields("objective", self, {
@@ -140,10 +142,16 @@ class TrainConfig:
     log_every: int = 10              # steps between training-metric points
     eval_every: int = 200            # steps between validation points (and checkpoints)
     val_sequences: int = 2_000       # validation sequences for the periodic curves
+    patience: int = 0                # stop once the last `patience` validation points improved the bound by
+                                     # less than `tolerance` on the best before them; 0 trains all `steps`
+                                     # and leaves convergence unjudged
+    tolerance: float = 0.0           # nats per token: the improvement that still counts as learning
 
     def validate(self) -> None:
         _check_fields("train", self, {
             **{name: POSITIVE for name in ("steps", "batch_tokens", "log_every", "eval_every", "val_sequences")},
+            "patience": (lambda v: v >= 0, "a number of validation points >= 0 (0: no early stop)"),
+            "tolerance": NON_NEGATIVE,
             "lr": (lambda v: v > 0, "a learning rate > 0"),
             "min_lr_ratio": FRACTION,
             "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
@@ -161,11 +169,13 @@ class EvalConfig:
     splits: tuple[str, ...] = ("valid",)  # evaluated at the end of training
     batch_tokens: int = 8_192        # padded tokens per evaluation batch (bounds memory)
     num_samples: int = 8             # decoded samples and reconstructions saved as artifacts
+    mi_sequences: int | None = None  # MI over a fixed random subset of the split; None = the whole split
 
     def validate(self) -> None:
         _check_fields("eval", self, {
             "iw_samples": POSITIVE, "mc_samples": POSITIVE, "batch_tokens": POSITIVE, "num_samples": POSITIVE,
             "max_sequences": (lambda v: v is None or v >= 2, "an integer >= 2 (MI and AU need two), or none"),
+            "mi_sequences": (lambda v: v is None or v >= 2, "an integer >= 2 (MI compares sequences), or none"),
             "splits": (lambda v: bool(v) and set(v) <= set(SPLITS) and len(set(v)) == len(v),
                        "a non-empty subset of train, valid, test"),
         })
@@ -201,13 +211,17 @@ PRESETS: dict[str, dict[str, object]] = {
         "train.steps": 30, "train.batch_tokens": 1_024, "train.warmup_steps": 5, "train.log_every": 5,
         "train.eval_every": 10, "train.val_sequences": 128, "train.autocast": False,
         "eval.iw_samples": 8, "eval.max_sequences": 64, "eval.batch_tokens": 2_048, "eval.num_samples": 4,
-        "data.synthetic_train": 2_000, "data.synthetic_eval": 200,
+        "eval.mi_sequences": 256, "data.synthetic_train": 2_000, "data.synthetic_eval": 200,
     },
+    # cpu: 2,000 steps (4.5 epochs of yelp), or fewer once the bound has moved by less than 0.01 nats/token
+    # over 3 validation points (300 steps). The budget was measured: an LM with cosine over 3,000 steps
+    # moves by 0.005 nats/token between steps 2,300 and 2,800 (README, "Choosing the cpu budget").
     "cpu": {
         "model.dim": 128, "model.depth": 3, "model.enc_depth": 2, "model.heads": 2, "model.attn_dim_head": 64,
         "model.dim_latent": 32,
-        "train.steps": 400, "train.batch_tokens": 4_096, "train.lr": 2e-3, "train.warmup_steps": 40,
+        "train.steps": 2_000, "train.batch_tokens": 4_096, "train.lr": 2e-3, "train.warmup_steps": 100,
         "train.log_every": 10, "train.eval_every": 100, "train.val_sequences": 1_000,
+        "train.patience": 3, "train.tolerance": 0.01,
         "eval.iw_samples": 64, "eval.max_sequences": 1_000, "eval.batch_tokens": 8_192,
     },
     "gpu": {

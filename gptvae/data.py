@@ -500,11 +500,18 @@ def load_data(config) -> Corpus:
                        synthetic_sizes=(config.synthetic_train, config.synthetic_eval, config.synthetic_eval))
 
 
+def subset_index(total: int, n: int | None, *, seed: int) -> torch.Tensor:
+    """The rows `subset` keeps of a split of `total` sequences, ascending."""
+    if n is None or n >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
 def subset(split: Split, n: int | None, *, seed: int) -> Split:
     """A fixed random subset of n sequences, in their original order (all of them when n is None or too large)."""
     if n is None or n >= len(split):
         return split
-    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    index = subset_index(len(split), n, seed=seed)
     return Split([split.sequences[i] for i in index.tolist()], {k: v[index] for k, v in split.labels.items()})
 
 

@@ -4,35 +4,128 @@ to a logged run to re-evaluate it or decode from it."""
 from __future__ import annotations
 
 import math
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from gptvae.config import Config, apply_overrides, config_from_dict, require
-from gptvae.data import BOS, EOS, VALIDATION_SEED, Corpus, collate, load_data, subset
+from gptvae.data import BOS, EOS, VALIDATION_SEED, Corpus, Split, collate, load_data, subset, subset_index
 from gptvae.device import autocast_context, bf16_is_fast, model_device, pick_device
 from gptvae.families import build_model
-from gptvae.files import CHECKPOINT, load_checkpoint
-from gptvae.metrics import evaluate, posteriors
+from gptvae.files import CHECKPOINT, atomic_write_csv, load_checkpoint
+from gptvae.metrics import evaluate_split, latent_probes, posteriors
 from gptvae.tracking import TAG_CHECKPOINT, Tracker, TrackingError
 
 PROBE_SEQUENCES = 5_000     # training sequences the linear probes are fit on
 POSTERIOR_POINTS = 500      # validation sequences whose posterior means a run keeps
+MI_REPEATS = 5              # draws of z behind each MI estimate: its mean, and its noise as their std
 COUNT_KEYS = ("iw_samples", "mi_samples", "n_sequences", "mc_samples")   # logged as params, not metrics
 
 
-def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, progress: bool = False) -> dict:
-    """REFERENCE 3 metrics on each configured split, as {"valid.iw_nll": ..., "valid.iw_samples": K, ...}."""
-    out = {}
+@dataclass
+class Report:
+    """A final evaluation: flat metrics {"valid.iw_nll": ...}, and per split the per-sentence and
+    per-unit tables behind them (`sentences[split]` is what paired comparisons resample)."""
+
+    metrics: dict
+    sentences: dict[str, pd.DataFrame] = field(default_factory=dict)
+    units: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def files(self) -> dict[str, pd.DataFrame]:
+        """The tables as the files a run keeps: sentences_<split>.csv, units_<split>.csv."""
+        return {**{f"sentences_{k}.csv": v for k, v in self.sentences.items()},
+                **{f"units_{k}.csv": v for k, v in self.units.items() if not v.empty}}
+
+
+def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, progress: bool = False,
+                     splits=None, untrained: bool = True) -> Report:
+    """REFERENCE 3 metrics on each configured split, with the measures of use:
+
+    - MI over the whole split (or eval.mi_sequences of it; MI_REPEATS draws: mean, noise, ceiling log N);
+    - probes on mu and on a sampled z, the majority class, and the same probe on the same architecture
+      untrained (same seed, no training): what a probe reads from an encoder that learnt nothing;
+    - greedy reconstructions from mu and with the latent masked, scored by BLEU against their inputs;
+    - per sentence: tokens, Rec, KL, -ELBO, IW-NLL, NLL with the latent masked, reconstruction BLEU.
+    """
+    report = Report({})
     probe = subset(corpus.splits["train"], PROBE_SEQUENCES, seed=VALIDATION_SEED)
-    for name in cfg.eval.splits:
-        split = subset(corpus.splits[name], cfg.eval.max_sequences, seed=VALIDATION_SEED)
-        result = evaluate(model, split, iw_samples=cfg.eval.iw_samples, mc_samples=cfg.eval.mc_samples,
-                          max_tokens=cfg.eval.batch_tokens, seed=cfg.train.seed,
-                          probe_split=probe if split.labels else None, autocast=autocast, progress=progress)
-        out.update({f"{name}.{k}": v for k, v in result.items()})   # counts stay ints
-    return out
+    for name in splits or cfg.eval.splits:
+        full = corpus.splits[name]
+        index = subset_index(len(full), cfg.eval.max_sequences, seed=VALIDATION_SEED)
+        split = subset(full, cfg.eval.max_sequences, seed=VALIDATION_SEED)
+        result = evaluate_split(model, split, iw_samples=cfg.eval.iw_samples, mc_samples=cfg.eval.mc_samples,
+                                max_tokens=cfg.eval.batch_tokens, seed=cfg.train.seed,
+                                mi_split=subset(full, cfg.eval.mi_sequences, seed=VALIDATION_SEED),
+                                mi_repeats=MI_REPEATS, probe_split=probe if split.labels else None,
+                                autocast=autocast, progress=progress)
+        metrics = dict(result.metrics)
+        sentences = pd.DataFrame(result.sentences)
+        sentences.insert(1, "sentence", index.numpy())   # the row of the whole split: pairs runs sentence by sentence
+        if model.prior.units > 0:
+            scores = reconstruction_bleu(model, split, corpus.vocab, max_new_tokens=cfg.model.max_seq_len - 1)
+            metrics.update(scores.metrics)
+            for key, values in scores.sentences.items():
+                sentences[key] = values
+            if untrained and split.labels:
+                metrics.update(untrained_probes(cfg, corpus, probe, split, autocast=autocast))
+        report.metrics.update({f"{name}.{k}": v for k, v in metrics.items()})   # counts stay ints
+        report.sentences[name] = sentences
+        report.units[name] = pd.DataFrame(result.units)
+    return report
+
+
+@dataclass
+class Scores:
+    metrics: dict
+    sentences: dict[str, np.ndarray]
+
+
+@torch.no_grad()
+def reconstruction_bleu(model, split: Split, vocab, *, max_new_tokens: int, batch: int = 512) -> Scores:
+    """Greedy decoding from the posterior mean, and with the latent masked, scored against the inputs.
+
+    recon_bleu          corpus BLEU (sacrebleu, whitespace tokens) of the reconstructions from mu
+    recon_bleu_masked   the same for greedy decoding without the latent: what the decoder writes
+                        from nothing; the difference is what z tells it
+    per sentence: recon_bleu, recon_bleu_masked (sentence BLEU, exponential smoothing)
+    """
+    import sacrebleu
+
+    device = model_device(model)
+    refs, from_mu, masked = [], [], []
+    with autocast_context(device, False):
+        for b0 in range(0, len(split), batch):
+            x = collate(split, torch.arange(b0, min(len(split), b0 + batch))).to(device)
+            prompts = torch.full((len(x), 1), BOS, dtype=torch.long, device=device)
+            kwargs = dict(max_new_tokens=max_new_tokens, temperature=0.0)
+            from_mu += [vocab.decode(s) for s in model.generate(prompts, reference=x, **kwargs)]
+            masked += [vocab.decode(s) for s in model.generate(prompts, **kwargs)]
+            refs += [vocab.decode(s) for s in x]
+    metrics, sentences = {}, {}
+    for key, hyps in (("recon_bleu", from_mu), ("recon_bleu_masked", masked)):
+        metrics[key] = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none").score
+        sentences[key] = np.array([sacrebleu.sentence_bleu(h, [r], tokenize="none", smooth_method="exp").score
+                                   for h, r in zip(hyps, refs)])
+    return Scores(metrics, sentences)
+
+
+def untrained_probes(cfg: Config, corpus: Corpus, probe: Split, split: Split, *, autocast: bool) -> dict:
+    """probe_untrained_z_acc_<label>: the sampled-z probe on the same architecture at its initialisation
+    (the run's own seed): a probe that reads as much from a model that learnt nothing measures the
+    probe, not the latent."""
+    device = pick_device(None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg.model, num_tokens=len(corpus.vocab)).to(device)
+    model.eval()
+    out = latent_probes(model, probe, split, max_tokens=cfg.eval.batch_tokens, autocast=autocast,
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    return {k.replace("probe_z_acc_", "probe_untrained_z_acc_"): v for k, v in out.items()
+            if k.startswith("probe_z_acc_")}
 
 
 @torch.no_grad()
@@ -146,8 +239,12 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
     prefix = split if f"{split}.iw_samples" not in params else own
 
     device = model_device(model)
-    result = final_evaluation(model, corpus, cfg, autocast=cfg.train.autocast and bf16_is_fast(device), progress=True)
-    result = {prefix + key[len(split):]: value for key, value in result.items()}
+    report = final_evaluation(model, corpus, cfg, autocast=cfg.train.autocast and bf16_is_fast(device), progress=True)
+    result = {prefix + key[len(split):]: value for key, value in report.metrics.items()}
+    with tempfile.TemporaryDirectory() as tmp:   # the per-sentence tables first: the metrics mark it done
+        for name, frame in report.files().items():
+            path = atomic_write_csv(Path(tmp) / name.replace(f"_{split}.", f"_{prefix}."), frame)
+            tracker.log_artifact(run_id, path)
     count_keys = {f"{prefix}.{k}" for k in COUNT_KEYS}
     tracker.log_params(run_id, {**{k: int(v) for k, v in result.items() if k in count_keys},
                                 f"{prefix}.eval_seed": seed})

@@ -73,11 +73,11 @@ def atomic_write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
-def atomic_write_csv(path: Path, frame) -> None:
+def atomic_write_csv(path: Path, frame) -> Path:
     """A pandas frame as CSV with fixed float formatting and line endings, so rewrites are byte-stable."""
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, float_format="%.10g", lineterminator="\n")
-    atomic_write_text(path, buffer.getvalue())
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

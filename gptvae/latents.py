@@ -11,6 +11,7 @@ family. A posterior is a batch of distributions, one per sequence, with its lead
     q.mean                           the per-unit posterior mean (B, U): what active units and probes read
     q.entropy()                      H[q(z|x)], (B,)
     q.cross_log_prob(z)              log q(z_i | x_j) for every z_i (M, *event) and every row j: (M, B)
+    q.unit_cross_log_prob(z)         the same for each latent unit alone: (M, B, U)
     q[index], type(q).cat([...])     select and concatenate rows; q.to(dtype=..., device=...)
 
 A model without a latent (the LM) has a posterior with zero units: a Gaussian in zero dimensions, for
@@ -55,6 +56,7 @@ class Posterior(Protocol):
     def kl(self) -> Tensor: ...
     def entropy(self) -> Tensor: ...
     def cross_log_prob(self, z: Tensor) -> Tensor: ...
+    def unit_cross_log_prob(self, z: Tensor) -> Tensor: ...
 
 
 class Prior(Protocol):
@@ -133,6 +135,12 @@ class DiagonalGaussian(Batched):
         rhs = torch.cat([-0.5 * inv_var, self.mu * inv_var, rearrange(const, "b -> b 1")], dim=-1)  # (B, 2D+1)
         lhs = torch.cat([z.square(), z, torch.ones_like(z[:, :1])], dim=-1)                 # (M, 2D+1)
         return lhs @ rhs.T
+
+    def unit_cross_log_prob(self, z: Tensor) -> Tensor:
+        """log q(z_iu | x_j) of each unit u alone, for z (M, D) against all B rows: (M, B, D). Direct,
+        with no expansion to cancel: one dimension at a time, float32 holds it."""
+        diff = rearrange(z, "m d -> m 1 d") - self.mu
+        return -0.5 * (LOG_2PI + self.logvar + diff.square() * torch.exp(-self.logvar))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from einops import rearrange, repeat
 from torch import Tensor
@@ -188,6 +190,35 @@ def mutual_information(posterior: Posterior, generator: torch.Generator | None =
 
 
 @torch.no_grad()
+def mutual_information_repeated(posterior: Posterior, repeats: int,
+                                generator: torch.Generator | None = None) -> tuple[float, float]:
+    """(mean, standard deviation) of `mutual_information` over `repeats` independent draws of z: the
+    estimate, and its noise from sampling z (the set of rows held fixed). Its ceiling is log N."""
+    draws = torch.tensor([mutual_information(posterior, generator=generator) for _ in range(repeats)],
+                         dtype=torch.float64)
+    return draws.mean().item(), (draws.std(correction=1).item() if repeats > 1 else math.nan)
+
+
+@torch.no_grad()
+def unit_mutual_information(posterior: Posterior, generator: torch.Generator | None = None) -> Tensor:
+    """MI between x and each latent unit alone, (U,): mean_i [log q(z_iu|x_i) - log q(z_iu)] with
+    q(z_iu) = 1/N sum_j q(z_iu|x_j), one z_i ~ q(z|x_i) for all units. The one-dimensional version of
+    `mutual_information` (with the sampled rather than the expected log q(z_i|x_i)). Units can share
+    information, so these need not sum to the joint MI; each is at most about log N.
+    """
+    num, units = len(posterior), posterior.units
+    z = posterior.sample(1, generator=generator)[0]                                   # (N, U)
+    total = torch.zeros(units, dtype=torch.float64)
+    step = max(1, MI_BLOCK_ELEMENTS // max(1, num * units))   # rows per (rows, N, U) block
+    for i0 in range(0, num, step):
+        block = posterior.unit_cross_log_prob(z[i0:i0 + step])                       # (rows, N, U)
+        rows = torch.arange(len(block))
+        own = block[rows, rows + i0]                                                   # log q(z_iu | x_i)
+        total += (own - torch.logsumexp(block, dim=1)).double().sum(0).cpu()
+    return total / num + math.log(num)
+
+
+@torch.no_grad()
 def minibatch_mutual_information(posterior: Posterior, batch_size: int,
                                  generator: torch.Generator | None = None) -> float:
     """He et al. 2019's variant: the same estimator inside each consecutive minibatch of `batch_size`
@@ -268,8 +299,45 @@ def _probe_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Te
     return float(probe.score(test_x, test_y))
 
 
+def majority_accuracy(train_y: Tensor, test_y: Tensor) -> float:
+    """Accuracy of always predicting the most frequent class of train_y: what a probe must beat."""
+    values, counts = torch.unique(train_y, return_counts=True)
+    return float((test_y == values[counts.argmax()]).double().mean())
+
+
 @torch.no_grad()
-def evaluate(
+def latent_probes(model, probe_split, split, *, posterior: Posterior | None = None, max_tokens: int = 4096,
+                  generator: torch.Generator | None = None, autocast: bool = False) -> dict[str, float]:
+    """Linear probes of each label of `split`, fit on `probe_split`, three ways:
+
+    probe_acc_<label>           on the posterior mean mu (standardised): information in the encoder,
+                                which a collapsed model keeps in tiny differences the decoder never sees
+    probe_z_acc_<label>         on one sample z ~ q(z|x): information the decoder can receive
+    probe_majority_<label>      the majority class of probe_split: the floor both must beat
+    """
+    fit = posteriors(model, probe_split, max_tokens=max_tokens, autocast=autocast)
+    test = posterior if exists(posterior) else posteriors(model, split, max_tokens=max_tokens, autocast=autocast)
+    fit_z = fit.sample(1, generator=generator)[0]
+    test_z = test.sample(1, generator=generator)[0]
+    out = {}
+    for name, labels in split.labels.items():
+        out[f"probe_acc_{name}"] = _probe_accuracy(fit.mean, probe_split.labels[name], test.mean, labels)
+        out[f"probe_z_acc_{name}"] = _probe_accuracy(fit_z, probe_split.labels[name], test_z, labels)
+        out[f"probe_majority_{name}"] = majority_accuracy(probe_split.labels[name], labels)
+    return out
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate_split` measures: split-level numbers, and what they are sums or means of."""
+
+    metrics: dict                       # flat, python numbers; see `evaluate`
+    sentences: dict[str, np.ndarray]    # per sequence, in split order: row, tokens, rec, kl, neg_elbo, iw_nll, lm_nll
+    units: dict[str, np.ndarray]        # per latent unit: unit, mi, mean_variance, kl (empty without a latent)
+
+
+@torch.no_grad()
+def evaluate_split(
     model,
     split,
     *,
@@ -278,20 +346,35 @@ def evaluate(
     max_tokens: int = 4096,
     iw_chunk_size: int | None = None,
     mi_samples: int | None = None,
+    mi_split=None,
+    mi_repeats: int = 1,
     seed: int = 0,
     probe_split=None,
     autocast: bool = False,
     progress: bool = False,
-) -> dict:
-    """All REFERENCE section 3 metrics of `model` on `split`, as a flat dict of python numbers.
+) -> Evaluation:
+    """All REFERENCE section 3 metrics of `model` on `split`, with the per-sequence and per-unit numbers
+    behind them. Every sample comes from one CPU generator seeded with `seed`.
 
-    Per-sequence means unless the key says otherwise; `*_per_token` divide sums by the number of
-    predicted tokens n(x) = non-PAD tokens - 1 (words + EOS). Every sample comes from one CPU
-    generator seeded with `seed`, so the same seed gives the same dict (on the same device).
+    metrics (per-sequence means unless the key says otherwise; `*_per_token` divide sums by the number
+    of predicted tokens n(x) = non-PAD tokens - 1, words + EOS):
+      n_sequences, n_tokens, iw_samples, mc_samples   what was measured
+      rec, kl, neg_elbo, nll_bound_per_token          the ELBO's terms (Rec from mc_samples z ~ q)
+      iw_nll, iw_nll_per_token, ppl                   IW-NLL with K = iw_samples, and PPL from it
+      lm_nll, lm_nll_per_token, lm_ppl                exact NLL with the latent slot masked
+      mi, mi_noise, mi_ceiling, mi_samples            MI over the rows of `mi_split` (default: `split`;
+                                                      a seeded subset of mi_samples rows when asked):
+                                                      the mean and standard deviation over mi_repeats
+                                                      draws of z, and log N
+      au                                              active units (delta = 0.01) over the rows of `split`
+
+    units (per latent unit, over the rows of `split`): MI of the unit alone, Var_x(mu_u) (what AU
+    thresholds) and the mean KL of the unit.
+      probe_*                                         see `latent_probes` (when probe_split is given)
 
     When the latent has no units (the LM baseline) the likelihood is exact: rec = iw_nll = lm_nll,
     kl = 0, nothing is sampled (iw_samples and mc_samples report the settings asked for, so that rows
-    line up; mi_samples is 0), and the mi / au / probe_acc_* keys, which need a latent, are absent.
+    line up; mi_samples is 0), and the mi / au / probe keys, which need a latent, are absent.
     """
     from gptvae.data import PAD, batch_plan, collate
 
@@ -299,8 +382,8 @@ def evaluate(
     generator = torch.Generator().manual_seed(seed)
     num = len(split)
 
-    sums = dict(rec=0.0, kl=0.0, neg_elbo=0.0, iw_nll=0.0, lm_nll=0.0)
-    n_tokens = 0
+    columns = ("tokens", "rec", "kl", "iw_nll", "lm_nll")
+    per = {name: torch.zeros(num, dtype=torch.float64) for name in columns}
     parts, order = [], []
 
     with _eval_mode(model):
@@ -309,34 +392,28 @@ def evaluate(
             tokens = collate(split, index).to(device)
             # (x, z) pairs per decoder call: a token budget, so memory stays bounded and calls stay large
             chunk = default(iw_chunk_size, max(1, max(max_tokens, IW_CHUNK_TOKENS) // tokens.shape[1]))
-            n_tokens += int(((tokens != PAD).sum(-1) - 1).sum().item())
-
-            lm_ll = _log_likelihood(model, tokens, None, autocast=autocast).double()
-            sums["lm_nll"] += -lm_ll.sum().item()
+            per["tokens"][index] = ((tokens != PAD).sum(-1) - 1).double().cpu()
+            lm = -_log_likelihood(model, tokens, None, autocast=autocast).double().cpu()
+            per["lm_nll"][index] = lm
 
             posterior = _posterior(model, tokens, autocast=autocast)
             parts.append(posterior.to("cpu", torch.float32))
             order.append(index)
             if posterior.units == 0:   # no latent: log p(x|z) is the exact likelihood, nothing to sample
+                per["rec"][index] = per["iw_nll"][index] = lm
                 continue
 
             z = posterior.sample(mc_samples, generator=generator)
             ll = log_likelihood_samples(model, tokens, z, chunk_size=chunk, autocast=autocast)
-            rec = -ll.double().mean(0)                                         # (B,)
-            kl = posterior.to(torch.float64).kl().flatten(1).sum(-1)           # (B,)
-            iw = importance_weighted_nll_from_posterior(
+            per["rec"][index] = -ll.double().mean(0).cpu()
+            per["kl"][index] = posterior.to(torch.float64).kl().flatten(1).sum(-1).cpu()
+            per["iw_nll"][index] = importance_weighted_nll_from_posterior(
                 model, tokens, posterior, iw_samples, chunk_size=chunk, generator=generator, autocast=autocast,
-            )
+            ).cpu()
 
-            sums["rec"] += rec.sum().item()
-            sums["kl"] += kl.sum().item()
-            sums["neg_elbo"] += (rec + kl).sum().item()
-            sums["iw_nll"] += iw.sum().item()
-
-    has_units = parts[0].units > 0
-    if not has_units:   # exact likelihood: every bound is the likelihood itself
-        sums.update(rec=sums["lm_nll"], neg_elbo=sums["lm_nll"], iw_nll=sums["lm_nll"])
-
+    neg_elbo = per["rec"] + per["kl"]
+    n_tokens = int(per["tokens"].sum().item())
+    sums = {name: per[name].sum().item() for name in ("rec", "kl", "iw_nll", "lm_nll")}
     out = dict(
         n_sequences=num,
         n_tokens=n_tokens,
@@ -345,8 +422,8 @@ def evaluate(
         mi_samples=0,
         rec=sums["rec"] / num,
         kl=sums["kl"] / num,
-        neg_elbo=sums["neg_elbo"] / num,
-        nll_bound_per_token=sums["neg_elbo"] / n_tokens,
+        neg_elbo=neg_elbo.sum().item() / num,
+        nll_bound_per_token=neg_elbo.sum().item() / n_tokens,
         iw_nll=sums["iw_nll"] / num,
         iw_nll_per_token=sums["iw_nll"] / n_tokens,
         ppl=perplexity(sums["iw_nll"], n_tokens),
@@ -354,21 +431,35 @@ def evaluate(
         lm_nll_per_token=sums["lm_nll"] / n_tokens,
         lm_ppl=perplexity(sums["lm_nll"], n_tokens),
     )
-    if not has_units:
-        return out
-
+    sentences = {"row": np.arange(num), **{k: v.numpy() for k, v in per.items()}, "neg_elbo": neg_elbo.numpy()}
+    sentences["tokens"] = sentences["tokens"].astype(np.int64)
     posterior = type(parts[0]).cat(parts)[torch.argsort(torch.cat(order))]   # split order
+    if posterior.units == 0:
+        return Evaluation(out, sentences, {})
 
-    # MI on a seeded subset when asked (it is O(N^2)); AU and probes use every row
-    rows = torch.arange(num)
-    if exists(mi_samples) and mi_samples < num:
-        rows = torch.randperm(num, generator=generator)[:mi_samples]
+    mi_posterior = posterior if mi_split is None else posteriors(model, mi_split, max_tokens=max_tokens,
+                                                                 autocast=autocast)
+    rows = torch.arange(len(mi_posterior))
+    if exists(mi_samples) and mi_samples < len(rows):   # MI is O(N^2): a seeded subset when asked
+        rows = torch.randperm(len(rows), generator=generator)[:mi_samples]
+    mi_posterior = mi_posterior[rows]
     out["mi_samples"] = len(rows)
-    out["mi"] = mutual_information(posterior[rows], generator=generator)
+    out["mi"], noise = mutual_information_repeated(mi_posterior, mi_repeats, generator=generator)
+    if not math.isnan(noise):
+        out["mi_noise"] = noise
+    out["mi_ceiling"] = math.log(len(rows))
     out["au"] = active_units(posterior.mean)
+    units = {"unit": np.arange(posterior.units),
+             "mi": unit_mutual_information(posterior, generator=generator).numpy(),   # the rows of `split`
+             "mean_variance": posterior_mean_variance(posterior.mean).cpu().numpy(),
+             "kl": posterior.to(torch.float64).kl().flatten(1).mean(0).numpy()}
 
     if exists(probe_split):
-        probe_mean = posteriors(model, probe_split, max_tokens=max_tokens, autocast=autocast).mean
-        for name, labels in split.labels.items():
-            out[f"probe_acc_{name}"] = _probe_accuracy(probe_mean, probe_split.labels[name], posterior.mean, labels)
-    return out
+        out.update(latent_probes(model, probe_split, split, posterior=posterior, max_tokens=max_tokens,
+                                 generator=generator, autocast=autocast))
+    return Evaluation(out, sentences, units)
+
+
+def evaluate(model, split, **kwargs) -> dict:
+    """The split-level numbers of `evaluate_split` (same arguments) as a flat dict of python numbers."""
+    return evaluate_split(model, split, **kwargs).metrics

@@ -11,6 +11,7 @@ is beta * tokens-per-sequence; it exists for parity checks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ def beta_at(config: ObjectiveConfig, step: int, total_steps: int) -> float:
     if config.schedule == "constant":
         return b1
     if config.schedule == "linear":
-        return ramp(step / config.warmup_steps) if config.warmup_steps > 0 else b1
+        return ramp(step / _linear_steps(config, total_steps))
     if config.schedule == "cyclical":
         period = total_steps / config.cycles
         tau = (step % period) / period          # position inside the current cycle, in [0, 1)
@@ -42,6 +43,24 @@ def beta_at(config: ObjectiveConfig, step: int, total_steps: int) -> float:
             return 0.0
         return ramp((step - zero_end) / (config.ramp_fraction * total_steps))
     raise ValueError(f"objective.schedule={config.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+
+
+def _linear_steps(config: ObjectiveConfig, total_steps: int) -> float:
+    """The linear schedule's rise: warmup_steps, or ramp_fraction of training when warmup_steps is 0."""
+    return config.warmup_steps if config.warmup_steps > 0 else max(1.0, config.ramp_fraction * total_steps)
+
+
+def beta_settled(config: ObjectiveConfig, total_steps: int) -> int:
+    """The first step from which the KL weight stays at its final value: where a plateau of the bound
+    can first be judged (a bound measured while beta still moves is not the objective's plateau)."""
+    if config.schedule == "linear":
+        return math.ceil(_linear_steps(config, total_steps))
+    if config.schedule == "cyclical":
+        period = total_steps / config.cycles
+        return math.ceil((config.cycles - 1 + config.cycle_ratio) * period)
+    if config.schedule == "zero_linear":
+        return math.ceil((config.zero_fraction + config.ramp_fraction) * total_steps)
+    return 0
 
 
 def free_bits_kl(kl: Tensor, *, floor: float, mode: str) -> Tensor:

@@ -3,19 +3,29 @@
 `export_results` writes what the notebooks and the paper need into one folder, every row carrying its
 MLflow run id, so that every number can be traced back to the run that produced it:
 
-    runs.csv             one row per finished child run: factor, value, seed, final metrics; a setting
-                         that two sweeps share cites the one run that trained it (`trained_in`)
+    runs.csv             one row per finished child run: factor, value, seed, its logged config, final
+                         metrics and convergence; a setting that two sweeps share cites the one run
+                         that trained it (`trained_in`)
     history.csv          training and validation curves
-    posterior_means.csv  2-D PCA of posterior means on validation sequences, with their labels
+    units.csv            per latent unit: MI of the unit alone, Var_x(mu_u), mean KL
+    posterior_means.csv  2-D PCA of posterior means on validation sentences, with their labels
     samples.csv          decoded samples: prior, reconstructions, interpolation, no latent
+    sentences/<run id>.<split>.csv
+                         per sentence: tokens, Rec, KL, -ELBO, IW-NLL, NLL with the latent masked,
+                         reconstruction BLEU; what paired comparisons resample (`gptvae.stats`)
 
-Final metrics and curves come from the store; samples and posterior means from the artifacts each
-run logged (`gptvae.run`), so nothing here rebuilds a model or needs a run's checkpoint.
-Everything downstream (`make figures`, `make paper`) reads only these files.
+Exports merge: rows of runs the store holds replace that run's rows, and rows of runs it does not hold
+are kept. A study trained in pieces, on machines whose stores are lost in between, therefore adds up
+in the committed files, and a re-export of the same store rewrites the same bytes.
+
+Final metrics and curves come from the store; the rest from the artifacts each run logged
+(`gptvae.run`), so nothing here rebuilds a model or needs a run's checkpoint. Everything downstream
+(`make figures`, `make paper`) reads only these files.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -28,11 +38,14 @@ from gptvae.errors import ResultsMissingError
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_csv
 from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_KIND, TAG_PARENT, TAG_PRESET, TAG_SAME_AS,
-                             TAG_SEED, Tracker)
+                             TAG_SEED, TAG_VALUES, Tracker)
 
-FILES = ("runs.csv", "history.csv", "posterior_means.csv", "samples.csv")
+FILES = ("runs.csv", "history.csv", "units.csv", "posterior_means.csv", "samples.csv")
+SENTENCES = "sentences"   # the folder of per-sentence files
 CURVES = ("train/loss", "train/kl", "train/rec_per_token", "val/neg_elbo", "val/rec", "val/kl", "val/au",
-          "val/nll_bound_per_token")   # the curves exported to history.csv
+          "val/nll_bound_per_token", "val/plateau_improvement")   # the curves exported to history.csv
+CONFIG_SECTIONS = ("model", "objective", "data", "train", "eval")   # a run's logged config, in runs.csv
+RUN_KEY = ["experiment", "kind", "value", "seed"]   # one row of runs.csv per setting and seed
 POSTERIOR_POINTS = 500
 
 
@@ -60,14 +73,17 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
             # a linked child stands for the run it reuses: that run's id, numbers and checkpoint
             source = tracker.run(tags[TAG_SAME_AS]) if TAG_SAME_AS in tags else run
             params = source.data.params
+            setting = "" if kind == BASELINE else params[factor]
             rows.append({
                 "started": run.info.start_time,
                 "experiment": exp.name, "factor": factor,
-                "value": np.nan if kind == BASELINE else float(params[factor]),
+                "value": np.nan if kind == BASELINE else _value(setting, ptags.get(TAG_VALUES)),
+                "setting": setting,
                 "kind": kind, "seed": int(tags[TAG_SEED]), "preset": ptags.get(TAG_PRESET),
                 "dataset": ptags.get(TAG_DATASET), "run_id": source.info.run_id,
                 "trained_in": names.get(source.info.experiment_id, exp.name),
                 "parent_run_id": parent.info.run_id, "config_hash": tags[TAG_HASH],
+                **{k: _param(v) for k, v in params.items() if k.split(".", 1)[0] in CONFIG_SECTIONS},
                 **{k: v for k, v in params.items() if k.split(".", 1)[0] in ("valid", "test")},
                 **{k: v for k, v in source.data.metrics.items() if not k.startswith(("train/", "val/"))},
             })
@@ -79,6 +95,25 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
     frame = frame.sort_values("started", kind="stable").drop_duplicates(["experiment", "kind", "value", "seed"])
     return frame.drop(columns="started").sort_values(["experiment", "kind", "value", "seed"],
                                                      ascending=[True, False, True, True]).reset_index(drop=True)
+
+
+def _value(setting: str, grid: str | None) -> float:
+    """A setting as a number: itself, or for a factor of names its position in the spec's grid."""
+    try:
+        return float(setting)
+    except ValueError:
+        names = json.loads(grid) if grid else []
+        return float(names.index(setting)) if setting in names else np.nan
+
+
+def _param(text: str):
+    """A logged param as the value it was: numbers as numbers, the rest as text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def collect_history(tracker: Tracker, run_ids) -> pd.DataFrame:
@@ -105,29 +140,46 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     return np.pad(projected, ((0, 0), (0, 2 - projected.shape[1])))
 
 
-def _artifact(tracker: Tracker, run_id: str, name: str, folder: Path) -> pd.DataFrame | None:
+def _artifact(tracker: Tracker, run_id: str, name: str, folder: Path, logged=None) -> pd.DataFrame | None:
     """A CSV artifact of a run, or None if the run did not log it (any other failure is raised)."""
-    logged = {a.path for a in tracker.call(tracker.client.list_artifacts, run_id)}
+    if logged is None:
+        logged = {a.path for a in tracker.call(tracker.client.list_artifacts, run_id)}
     if name not in logged:
         return None
     return pd.read_csv(tracker.call(tracker.client.download_artifacts, run_id, name, str(folder)))
 
 
-def collect_artifacts(tracker: Tracker, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Posterior-mean projections and decoded samples of the first seed of every setting, from the
-    `posterior_means.csv` and `samples.csv` artifacts each run logged."""
+def collect_artifacts(tracker: Tracker, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """From the artifacts each run logged: per-sentence and per-unit tables of every run; posterior-mean
+    projections and decoded samples of the first seed of every setting.
+
+    Returns {"units": ..., "posterior_means": ..., "samples": ..., "sentences/<run id>.<split>.csv": ...}.
+    """
     first_seed = runs[runs.seed == runs.groupby(["experiment", "kind", "value"], dropna=False).seed.transform("min")]
-    means, samples, missing = [], [], []
+    firsts = set(first_seed.run_id)
+    means, samples, units, missing = [], [], [], []
+    out: dict[str, pd.DataFrame] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, run_id in enumerate(first_seed.run_id.drop_duplicates()):   # a run two sweeps share, once
+        for i, run_id in enumerate(runs.run_id.drop_duplicates()):   # a run two sweeps share, once
             folder = Path(tmp) / str(i)
             folder.mkdir()
-            decoded = _artifact(tracker, run_id, "samples.csv", folder)
+            logged = {a.path for a in tracker.call(tracker.client.list_artifacts, run_id)}
+            for name in sorted(logged):
+                stem = name.removesuffix(".csv")
+                if stem.startswith("sentences_"):
+                    out[f"{SENTENCES}/{run_id}.{stem.removeprefix('sentences_')}.csv"] = \
+                        _artifact(tracker, run_id, name, folder)
+                elif stem.startswith("units_"):
+                    frame = _artifact(tracker, run_id, name, folder)
+                    units.append(frame.assign(run_id=run_id, split=stem.removeprefix("units_")))
+            if run_id not in firsts:
+                continue
+            decoded = _artifact(tracker, run_id, "samples.csv", folder, logged)
             if decoded is None:
                 missing.append(run_id)
                 continue
             samples.append(decoded.assign(run_id=run_id)[["run_id", "section", "text"]])
-            points = _artifact(tracker, run_id, "posterior_means.csv", folder)
+            points = _artifact(tracker, run_id, "posterior_means.csv", folder, logged)
             if points is None:   # no latent, nothing to project
                 continue
             columns = [c for c in points if c.startswith("mean_")]
@@ -140,13 +192,56 @@ def collect_artifacts(tracker: Tracker, runs: pd.DataFrame) -> tuple[pd.DataFram
         print(f"warning: {len(missing)} run(s) logged no samples.csv artifact (trained before runs logged "
               f"their samples): {', '.join(missing)}; their samples and posterior means are not exported",
               file=sys.stderr)
-    return (pd.concat(means, ignore_index=True) if means else pd.DataFrame(columns=["run_id", "row", "pc1", "pc2"])), \
-        (pd.concat(samples, ignore_index=True) if samples else pd.DataFrame(columns=["run_id", "section", "text"]))
+
+    def stacked(parts, columns):
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+    unit_columns = ["run_id", "split", "unit", "mi", "mean_variance", "kl"]
+    out["units"] = stacked(units, unit_columns)
+    if not out["units"].empty:
+        out["units"] = out["units"][unit_columns]
+    out["posterior_means"] = stacked(means, ["run_id", "row", "pc1", "pc2"])
+    out["samples"] = stacked(samples, ["run_id", "section", "text"])
+    return out
+
+
+def merge_by_run(old: pd.DataFrame | None, new: pd.DataFrame, *, key=None) -> pd.DataFrame:
+    """`new`, plus the rows of `old` whose run the new export does not hold.
+
+    key: runs.csv's one-row-per-setting-and-seed columns. A setting and seed already exported from a
+    run that the store no longer holds keeps that row: the committed run stands, and a second run
+    of it trained elsewhere is not added beside it.
+    """
+    if old is None or old.empty:
+        return new
+    kept = old[~old.run_id.isin(set(new.run_id))]
+    if key is not None and not new.empty:
+        taken = set(map(tuple, kept[key].astype(str).to_numpy()))
+        new = new[[tuple(row) not in taken for row in new[key].astype(str).to_numpy()]]
+    frame = pd.concat([kept, new], ignore_index=True)
+    return frame
+
+
+def _check_one_config_per_setting(runs: pd.DataFrame, out: Path) -> None:
+    """Rows of one setting trained under two configs (a changed preset, e.g. a new budget) are two
+    studies; merged, their seeds would be averaged together. Refuse, naming them."""
+    if runs.empty:
+        return
+    counts = runs.groupby(["experiment", "kind", "setting"], dropna=False).config_hash.nunique()
+    mixed = counts[counts > 1]
+    if not mixed.empty:
+        (experiment, kind, setting), _ = next(iter(mixed.items()))
+        hashes = sorted(runs[(runs.experiment == experiment) & (runs.kind == kind)
+                             & (runs.setting.fillna("") == ("" if pd.isna(setting) else setting))].config_hash.unique())
+        raise ResultsMissingError(
+            f"{out} would hold {experiment} {kind} {setting or 'baseline'} under {len(hashes)} configs "
+            f"({', '.join(hashes)}): the exported rows come from another version of the preset. Move the old "
+            f"results aside (e.g. `git rm -r {out}`) before exporting the new study into it")
 
 
 def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, preset: str | None = None,
                    dataset: str | None = None) -> dict[str, int]:
-    """Write FILES into out_dir from the store. Returns the number of rows of each file."""
+    """Merge the store's finished runs into FILES (and sentences/) in out_dir. Returns rows per file."""
     from gptvae.tracking import store_exists, tracking_uri
 
     if tracker is None and not store_exists(tracking_uri()):
@@ -154,17 +249,36 @@ def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, prese
                                   "`make ablation-kl-floor`, or set MLFLOW_TRACKING_URI to your store")
     tracker = tracker or Tracker()
     out = Path(out_dir)
-    runs = collect_runs(tracker, preset=preset, dataset=dataset)
-    if runs.empty:
+    stored = collect_runs(tracker, preset=preset, dataset=dataset)
+    if stored.empty:
         raise ResultsMissingError(f"the store {tracker.uri} has no finished ablation runs"
                                   f"{f' for preset {preset}' if preset else ''}: run a sweep first, "
                                   "e.g. `make ablation-kl-floor`")
-    history = collect_history(tracker, runs.run_id.unique())
-    means, samples = collect_artifacts(tracker, runs)
-    frames = dict(zip(FILES, (runs, history, means, samples)))
+    old = {name: pd.read_csv(out / name) for name in FILES if (out / name).is_file()}
+    runs = merge_by_run(old.get("runs.csv"), stored, key=RUN_KEY)
+    _check_one_config_per_setting(runs, out)
+    runs = runs.sort_values(["experiment", "kind", "value", "seed"], ascending=[True, False, True, True],
+                            na_position="last").reset_index(drop=True)
+    fresh = runs[runs.run_id.isin(set(stored.run_id))]   # what this store adds or updates
+    artifacts = collect_artifacts(tracker, fresh)
+    frames = {
+        "runs.csv": runs,
+        "history.csv": merge_by_run(old.get("history.csv"), collect_history(tracker, fresh.run_id.unique())),
+        "units.csv": merge_by_run(old.get("units.csv"), artifacts.pop("units")),
+        "posterior_means.csv": merge_by_run(old.get("posterior_means.csv"), artifacts.pop("posterior_means")),
+        "samples.csv": merge_by_run(old.get("samples.csv"), artifacts.pop("samples")),
+    }
+    order = {run_id: i for i, run_id in enumerate(runs.run_id.drop_duplicates())}
     for name, frame in frames.items():
+        if name != "runs.csv" and not frame.empty:   # runs in runs.csv order, each run's rows as exported
+            frame = frame.iloc[np.lexsort((np.arange(len(frame)), frame.run_id.map(order).fillna(len(order))))]
+        frames[name] = frame.reset_index(drop=True)
+        atomic_write_csv(out / name, frames[name])
+    for name, frame in artifacts.items():   # sentences/<run id>.<split>.csv: one file per run, never dropped
         atomic_write_csv(out / name, frame)
-    return {name: len(frame) for name, frame in frames.items()}
+    counts = {name: len(frame) for name, frame in frames.items()}
+    counts[SENTENCES] = len(list((out / SENTENCES).glob("*.csv"))) if (out / SENTENCES).is_dir() else 0
+    return counts
 
 
 def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame]:
@@ -174,6 +288,12 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame]:
         raise ResultsMissingError(f"{folder} lacks {', '.join(missing)}: run `make results` first "
                                   "(it exports them from the MLflow store of your sweeps)")
     return {name.removesuffix(".csv"): pd.read_csv(folder / name) for name in FILES}
+
+
+def load_sentences(results_dir: str | Path, run_id: str, split: str) -> pd.DataFrame | None:
+    """The per-sentence results of one run on one split, or None when the run exported none."""
+    path = Path(results_dir) / SENTENCES / f"{run_id}.{split}.csv"
+    return pd.read_csv(path) if path.is_file() else None
 
 
 def summarize(runs: pd.DataFrame, experiment: str, metrics: list[str]) -> pd.DataFrame:

@@ -43,7 +43,7 @@ HEARTBEAT_SECONDS = 30     # how often a claim's holder says it is alive
 STALE_SECONDS = 600        # a claim silent for longer is dead (a generous margin for clocks that differ)
 POLL_SECONDS = 5           # how often a waiting run looks again
 SUMMARY_KEYS = ("valid.neg_elbo", "valid.rec", "valid.kl", "valid.iw_nll_per_token", "valid.mi", "valid.au",
-                "valid.lm_nll_per_token", "time.train_seconds", "time.eval_seconds")
+                "valid.lm_nll_per_token", "train.converged", "time.train_seconds", "time.eval_seconds")
 ARTIFACTS = ("config.json", "samples.txt", "samples.csv", "posterior_means.csv", "checkpoint_path.txt")
 
 
@@ -331,17 +331,20 @@ def _train_and_record(task: RunTask, run_dir: Path, tracker: Tracker, run_id: st
         tracker.set_status(run_id, "KILLED")
         return {"status": f"stopped at step {trained.step}"}
 
-    # the final evaluation, once: result.json is written before anything is logged from it
+    # the final evaluation, once: its tables, then result.json, are written before anything is logged
     result_path = run_dir / RESULT
     final = json.loads(result_path.read_text()) if result_path.is_file() else None
     if final is None or final.get("config_hash") != config_hash(cfg):
         started = time.time()
-        final = final_evaluation(trained.model, trained.corpus, cfg, autocast=trained.autocast,
-                                 progress=task.progress)
-        final["time.train_seconds"] = trained.train_seconds
-        final["time.eval_seconds"] = time.time() - started
+        report = final_evaluation(trained.model, trained.corpus, cfg, autocast=trained.autocast,
+                                  progress=task.progress)
+        for name, frame in report.files().items():
+            atomic_write_csv(run_dir / name, frame)
+        final = {**report.metrics, **trained.convergence(cfg), "time.train_seconds": trained.train_seconds,
+                 "time.eval_seconds": time.time() - started, "files": sorted(report.files())}
         atomic_write_json(result_path, {**final, "config_hash": config_hash(cfg)})
     final.pop("config_hash", None)
+    tables = final.pop("files", [])   # the per-sentence and per-unit tables beside result.json
 
     counts = {k: v for k, v in final.items() if k.split(".", 1)[-1] in COUNT_KEYS}
     tracker.log_params(run_id, counts)
@@ -357,7 +360,7 @@ def _train_and_record(task: RunTask, run_dir: Path, tracker: Tracker, run_id: st
     if not means.empty:   # a model without a latent has none
         atomic_write_csv(run_dir / "posterior_means.csv", means)
     atomic_write_text(run_dir / "checkpoint_path.txt", f"{(run_dir / CHECKPOINT).resolve()}\n")
-    for name in ARTIFACTS:
+    for name in (*ARTIFACTS, *tables):
         if (run_dir / name).is_file():
             tracker.log_artifact(run_id, run_dir / name)
     tracker.set_status(run_id, "FINISHED")

@@ -16,6 +16,7 @@ run's lifecycle is `gptvae.run.execute`.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,9 +25,9 @@ from gptvae.config import Config, ConfigError, ObjectiveConfig, apply_overrides,
 from gptvae.families import BASELINE
 from gptvae.run import SUMMARY_KEYS, PlannedRun, RunTask, run_dir_for
 from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_NOTE, TAG_PRESET, TAG_SAME_AS, TAG_SEED,
-                             Tracker)
+                             TAG_VALUES, Tracker)
 
-SPEC_KEYS = {"name", "factor", "values", "base", "baseline", "description", "label", "symbol"}
+SPEC_KEYS = {"name", "factor", "values", "base", "baseline", "description", "label", "symbol", "reference"}
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,26 @@ class SweepSpec:
     description: str = ""        # the question the sweep asks (MLflow note, paper)
     label: str = ""              # the factor on axes and in tables, e.g. "λ (free bits, nats/dim)"
     symbol: str = ""             # the factor in running text, e.g. "λ"
+    reference: object = None     # the setting every other one is compared with (default: the first value)
 
     @property
     def experiment(self) -> str:
         return f"ablation-{self.name}"
 
+    @property
+    def categorical(self) -> bool:
+        """A factor of names (e.g. schedules) rather than numbers: runs.csv's value is its position."""
+        return any(isinstance(v, str) for v in self.values)
+
+    @property
+    def reference_value(self):
+        return self.values[0] if self.reference is None else self.reference
+
     def setting(self, value) -> str:
-        """'λ = 0.25', or 'LM baseline' for None."""
-        return "LM baseline" if value is None else f"{self.symbol} = {value:g}"
+        """'λ = 0.25', 'schedule = cyclical', or 'LM baseline' for None."""
+        if value is None:
+            return "LM baseline"
+        return f"{self.symbol} = {value}" if isinstance(value, str) else f"{self.symbol} = {value:g}"
 
 
 def spec_name(path: Path) -> str:
@@ -84,9 +97,15 @@ def load_spec(path: str | Path) -> SweepSpec:
     if len(set(map(repr, values))) != len(values):
         raise ConfigError(f"experiment spec {path}: values = {values!r} repeats a value")
     short = raw["factor"].rsplit(".", 1)[-1]
+    if len({isinstance(v, str) for v in values}) > 1:
+        raise ConfigError(f"experiment spec {path}: values = {values!r} mixes names and numbers; allowed: one kind")
     spec = SweepSpec(name=raw["name"], factor=raw["factor"], values=tuple(values), base=dict(raw.get("base", {})),
                      baseline=bool(raw.get("baseline", True)), description=raw.get("description", ""),
-                     label=raw.get("label", raw["factor"]), symbol=raw.get("symbol", short))
+                     label=raw.get("label", raw["factor"]), symbol=raw.get("symbol", short),
+                     reference=raw.get("reference"))
+    if spec.reference is not None and spec.reference not in spec.values:
+        raise ConfigError(f"experiment spec {path}: reference = {spec.reference!r} is not one of its values "
+                          f"{list(spec.values)!r}")
     if spec.factor in spec.base:
         raise ConfigError(f"experiment spec {path} sets its factor {spec.factor} in [base] too; drop it there")
     for value in spec.values:   # fail before training
@@ -169,7 +188,7 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
     parent_id = tracker.parent_run(exp_id, sweep_key(spec, preset_name, dataset, overrides),
                                    name=f"{spec.name} ({preset_name}, {dataset})",
                                    tags={TAG_FACTOR: spec.factor, TAG_PRESET: preset_name, TAG_DATASET: dataset,
-                                         TAG_NOTE: spec.description})
+                                         TAG_VALUES: json.dumps(list(spec.values)), TAG_NOTE: spec.description})
     tracker.set_status(parent_id, "RUNNING")
     tasks = [RunTask(run=run, experiment=spec.experiment, parent_id=parent_id, runs_root=str(runs_root),
                      tracking_uri=tracker.uri, progress=progress) for run in runs]

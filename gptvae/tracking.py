@@ -36,6 +36,7 @@ TAG_AUTOCAST = "gptvae.autocast"
 TAG_THREADS = "gptvae.threads"         # a trained run: torch threads it trained with (its numbers are exact per count)
 TAG_SWEEP = "gptvae.sweep_key"         # a parent: spec | preset | dataset | overrides
 TAG_FACTOR = "gptvae.factor"           # a parent: the config key its sweep varies
+TAG_VALUES = "gptvae.values"           # a parent: its spec's grid, as JSON (names of a categorical factor in order)
 TAG_PRESET = "gptvae.preset"
 TAG_DATASET = "gptvae.dataset"
 TAG_CLAIM = "gptvae.claim"             # a claim: "<config hash>-seed<N>", the setting it is training

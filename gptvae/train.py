@@ -28,7 +28,7 @@ from gptvae.device import autocast_context, bf16_is_fast, pick_device
 from gptvae.families import build_model
 from gptvae.files import CHECKPOINT, CheckpointError, atomic_write_json, load_checkpoint, save_checkpoint
 from gptvae.metrics import active_units
-from gptvae.objective import beta_at, objective
+from gptvae.objective import beta_at, beta_settled, objective
 
 class Logger(Protocol):
     """Where the loop reports. `gptvae.run.RunLogger` writes to MLflow; tests may pass None."""
@@ -109,6 +109,21 @@ def validate(model, split: Split, cfg: Config, *, device, autocast: bool) -> dic
     return out
 
 
+# convergence
+
+def plateau(bounds: list[float], *, patience: int, tolerance: float) -> tuple[bool | None, float]:
+    """(on a plateau, improvement) of a run whose validation bound was `bounds` at its validation points.
+
+    improvement = best bound before the last `patience` points - best bound among them, in nats per
+    token (positive: still learning). The run is on a plateau when improvement < tolerance. With
+    patience 0, or fewer than patience + 1 points, nothing is judged: (None, nan).
+    """
+    if patience < 1 or len(bounds) <= patience:
+        return None, math.nan
+    improvement = min(bounds[:-patience]) - min(bounds[-patience:])
+    return improvement < tolerance, improvement
+
+
 # the loop
 
 @dataclass
@@ -121,15 +136,28 @@ class Trained:
     total_steps: int            # cfg.train.steps
     resumed_from: int | None    # the checkpoint step this process started from
     train_seconds: float        # wall time of training and validation, all pieces of the run together
+    bounds: list[float]         # the validation bound (nats/token) at each validation point since beta settled
+    stopped: bool = False       # stopped early, on a plateau (train.patience)
 
     @property
     def finished(self) -> bool:
-        return self.step >= self.total_steps
+        return self.stopped or self.step >= self.total_steps
+
+    def convergence(self, cfg: Config) -> dict[str, float]:
+        """What a run records about its plateau: converged (1/0, absent when patience is 0), the
+        improvement over its last `patience` validation points, and where it stopped."""
+        on_plateau, improvement = plateau(self.bounds, patience=cfg.train.patience, tolerance=cfg.train.tolerance)
+        out = {"train.steps_trained": float(self.step), "train.stopped_early": float(self.stopped),
+               "train.best_bound": min(self.bounds) if self.bounds else math.nan}
+        if on_plateau is not None:
+            out.update({"train.converged": float(on_plateau), "train.plateau_improvement": improvement})
+        return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
 def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress: bool = True,
           resume: bool = True, device: str | None = None, stop_after: int | None = None) -> Trained:
-    """Train one model to cfg.train.steps, checkpointing to run_dir (resuming from it when it exists).
+    """Train one model to cfg.train.steps, or to a plateau of the validation bound (train.patience),
+    checkpointing to run_dir (resuming from it when it exists).
 
     logger: metrics go to it in batches, flushed right before each checkpoint.
     stop_after: stop (as if killed) after this many steps; tests use it to exercise resume.
@@ -155,6 +183,8 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
 
     ckpt_path = run_dir / CHECKPOINT
     start_step, resumed_from, seconds_before = 0, None, 0.0
+    bounds: list[float] = []   # the validation bound at each validation point: what the plateau is judged on
+    stopped = False
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         if config_hash(config_from_dict(state["config"])) != config_hash(cfg):
@@ -167,6 +197,8 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         start_step = resumed_from = int(state["step"])
         seconds_before = float(state.get("train_seconds", 0.0))
+        bounds = [float(b) for b in state.get("bounds", [])]
+        stopped = bool(state.get("stopped", False))
         if state.get("threads") and device.type == "cpu":
             # the reductions' order depends on the thread count: resume with the run's own, for exact numbers
             from gptvae.cores import usable_cores
@@ -193,7 +225,7 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
         save_checkpoint(ckpt_path, {"step": step, "config": cfg.to_dict(), "model": model.state_dict(),
                                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                     "rng": rng, "vocab_size": len(corpus.vocab), "train_seconds": elapsed(),
-                                    "threads": torch.get_num_threads()})
+                                    "threads": torch.get_num_threads(), "bounds": bounds, "stopped": stopped})
         last_checkpoint = step
 
     if cfg.train.compile:
@@ -208,6 +240,7 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
         return batch_plan(train_split.lengths, max_tokens=cfg.train.batch_tokens, shuffle=True,
                           seed=cfg.train.seed, epoch=epoch)
 
+    settled = beta_settled(cfg.objective, cfg.train.steps)
     batches_per_epoch = len(plan_for(0))   # the same every epoch: only the order within a length changes
     steps = cfg.train.steps
     window = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "kl_floored": 0.0, "tokens": 0, "sequences": 0, "time": 0.0}
@@ -216,7 +249,7 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
     bar = tqdm(total=steps, initial=start_step, disable=not progress, desc=run_dir.name, unit="step",
                dynamic_ncols=True, leave=False)
     step = start_step
-    for step in range(start_step, steps):
+    for step in range(start_step, steps if not stopped else start_step):
         if stop_after is not None and step >= stop_after:
             break
         tic = time.perf_counter()
@@ -257,12 +290,20 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
             window["tokens"] = window["sequences"] = 0
         if done % cfg.train.eval_every == 0 or done == steps:
             val = validate(model, val_subset, cfg, device=device, autocast=use_autocast)
+            if done >= settled:   # judged only once beta has its final value
+                bounds.append(val["val/nll_bound_per_token"])
+            on_plateau, improvement = plateau(bounds, patience=cfg.train.patience, tolerance=cfg.train.tolerance)
+            if on_plateau is not None:
+                val["val/plateau_improvement"] = improvement
+            stopped = bool(on_plateau) and done < steps
             if logger is not None:
                 logger.log(val, done)
             checkpoint(done)
         step = done
         bar.update(1)
+        if stopped:
+            break
     bar.close()
 
     return Trained(model=model, corpus=corpus, device=device, autocast=use_autocast, step=step, total_steps=steps,
-                   resumed_from=resumed_from, train_seconds=elapsed())
+                   resumed_from=resumed_from, train_seconds=elapsed(), bounds=bounds, stopped=stopped)

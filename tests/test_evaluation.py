@@ -26,7 +26,8 @@ SYNTHETIC = {"data.dataset": "synthetic", "data.synthetic_train": 2_000, "data.s
 def test_trained_model_iw_nll_is_not_below_the_exact_data_entropy(tmp_path):
     cfg = apply_overrides(preset("smoke"), SYNTHETIC).validate()
     trained = train(cfg, run_dir=tmp_path, progress=False)
-    result = final_evaluation(trained.model, trained.corpus, cfg, autocast=trained.autocast)
+    report = final_evaluation(trained.model, trained.corpus, cfg, autocast=trained.autocast)
+    result = report.metrics
     test = load_data(cfg.data).splits["test"]
     vocab = load_data(cfg.data).vocab
     exact = torch.tensor([synthetic_exact_nll(vocab.decode(s)) for s in test.sequences], dtype=torch.float64)
@@ -37,6 +38,22 @@ def test_trained_model_iw_nll_is_not_below_the_exact_data_entropy(tmp_path):
     assert result["test.iw_nll"] >= exact.mean().item() - noise
     assert result["test.neg_elbo"] >= result["test.iw_nll"] - 1e-6    # the ELBO is the K=1 bound
     assert 0 <= result["test.au"] <= cfg.model.dim_latent
+
+    # the per-sentence table is what the split's numbers are means of, sentence by sentence
+    sentences = report.sentences["test"]
+    assert list(sentences.sentence) == list(range(200)) and sentences.tokens.sum() == result["test.n_tokens"]
+    for column in ("rec", "kl", "neg_elbo", "iw_nll", "lm_nll"):
+        assert sentences[column].mean() == pytest.approx(result[f"test.{column}"], rel=1e-12), column
+    assert (sentences.neg_elbo - sentences.rec - sentences.kl).abs().max() < 1e-9
+    units = report.units["test"]
+    assert list(units.unit) == list(range(cfg.model.dim_latent))
+    assert units.kl.sum() == pytest.approx(result["test.kl"], rel=1e-9)
+    assert (units.mean_variance >= 0.01).sum() == result["test.au"]
+    # MI with its noise and ceiling; reconstructions scored against their inputs
+    assert result["test.mi_ceiling"] == pytest.approx(math.log(result["test.mi_samples"]))
+    assert result["test.mi_noise"] >= 0
+    assert 0 <= result["test.recon_bleu"] <= 100 and 0 <= result["test.recon_bleu_masked"] <= 100
+    assert {"recon_bleu", "recon_bleu_masked"} <= set(sentences.columns)
 
 
 @pytest.mark.corpus
@@ -66,5 +83,7 @@ def test_evaluate_command_logs_into_the_same_run(tmp_path, monkeypatch, capsys):
     run = MlflowClient(uri).get_run(row["run_id"])
     assert run.data.params["test.iw_samples"] == "4" and run.data.params["test_k6_n16.iw_samples"] == "6"
     assert {"test.iw_nll", "test.mi", "test_k6_n16.iw_nll", "valid.iw_nll"} <= set(run.data.metrics)
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(row["run_id"])}
+    assert {"sentences_valid.csv", "sentences_test.csv", "sentences_test_k6_n16.csv", "units_test.csv"} <= logged
     assert main(["evaluate", "no-such-run"]) == 2
     assert "not in the store" in capsys.readouterr().err

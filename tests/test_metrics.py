@@ -24,6 +24,8 @@ from gptvae.metrics import (
     importance_weighted_nll,
     minibatch_mutual_information,
     mutual_information,
+    mutual_information_repeated,
+    unit_mutual_information,
     perplexity,
     posterior_mean_variance,
     posteriors,
@@ -195,6 +197,36 @@ def test_mi_matches_direct_formula():
     assert mutual_information(DiagonalGaussian(mu, logvar), generator=gen(6)) == pytest.approx(direct, abs=1e-9)
 
 
+def test_unit_mi_matches_each_units_closed_form():
+    # independent units on orthogonal directions: I(x; z_u) = 1/2 log(1 + sigma2_u / s^2), summing to the joint MI
+    model = LinearGaussian([2.0, 1.0, 0.25, 0.0])
+    q = model.posterior(model.sample(5_000, seed=0))
+    exact = 0.5 * torch.log1p(model.sigma2 / model.s**2)
+    estimate = unit_mutual_information(q, generator=gen(1))
+    assert estimate.shape == (4,)
+    torch.testing.assert_close(estimate, exact, rtol=0, atol=0.06)
+    assert abs(estimate[3].item()) < 0.02      # a unit that carries nothing
+
+
+def test_unit_mi_matches_the_joint_estimator_on_one_unit():
+    # one unit: the same formula (with the sampled log q(z_i|x_i)) written out by brute force
+    g = gen(5)
+    mu, logvar = torch.randn(300, 1, generator=g, dtype=F64), torch.full((300, 1), -1.0, dtype=F64)
+    q = DiagonalGaussian(mu, logvar)
+    z = q.sample(1, generator=gen(2))[0]
+    log_q = -0.5 * (math.log(2 * math.pi) + logvar.T + (z - mu.T).square() / logvar.exp().T)   # (i, j)
+    direct = (log_q.diagonal() - torch.logsumexp(log_q, 1) + math.log(300)).mean().item()
+    assert unit_mutual_information(q, generator=gen(2)).item() == pytest.approx(direct, abs=1e-9)
+
+
+def test_repeated_mi_reports_its_noise():
+    model = LinearGaussian([1.0, 1.0, 0.25, 0.05])
+    q = model.posterior(model.sample(2_000, seed=0))
+    mean, noise = mutual_information_repeated(q, 6, generator=gen())
+    assert 0 < noise < 0.1 and mean == pytest.approx(model.mutual_information, abs=0.08)
+    assert math.isnan(mutual_information_repeated(q, 1, generator=gen())[1])
+
+
 def test_minibatch_mi_depends_on_batch_size():
     model = LinearGaussian([2.0] * 8)
     q = model.posterior(model.sample(4096, seed=0))
@@ -314,7 +346,7 @@ def tiny_models():
 
 KEYS = {"n_sequences", "n_tokens", "iw_samples", "mc_samples", "mi_samples", "rec", "kl", "neg_elbo",
         "nll_bound_per_token", "iw_nll", "iw_nll_per_token", "ppl", "mi", "au", "lm_nll", "lm_nll_per_token",
-        "lm_ppl"}
+        "lm_ppl", "mi_ceiling"}
 
 
 def test_evaluate_is_deterministic_and_complete():
@@ -327,7 +359,7 @@ def test_evaluate_is_deterministic_and_complete():
 
     assert first == second
     assert first["iw_nll"] != other["iw_nll"]
-    assert set(first) == KEYS | {"probe_acc_low"}
+    assert set(first) == KEYS | {"probe_acc_low", "probe_z_acc_low", "probe_majority_low"}
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in first.values())
     assert first["mi_samples"] == 20 and first["iw_samples"] == 8 and first["n_tokens"] == split.num_tokens
     assert 0.0 <= first["probe_acc_low"] <= 1.0
@@ -338,7 +370,7 @@ def test_evaluate_latent_free_baseline():
     _, lm = tiny_models()
     split = token_split(20)
     out = evaluate(lm, split, iw_samples=8, max_tokens=96, probe_split=token_split(20, seed=1))
-    assert set(out) == KEYS - {"mi", "au"}
+    assert set(out) == KEYS - {"mi", "au", "mi_ceiling"}
     assert out["rec"] == out["iw_nll"] == out["lm_nll"] == out["neg_elbo"]
     assert out["kl"] == 0.0 and out["ppl"] == out["lm_ppl"]
     assert out["mi_samples"] == 0 and out["iw_samples"] == 8

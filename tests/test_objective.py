@@ -7,7 +7,7 @@ import torch
 
 from gptvae.config import ObjectiveConfig
 from gptvae.latents import DiagonalGaussian
-from gptvae.objective import beta_at, free_bits_kl, latent_dropout_mask, upstream_kl_term
+from gptvae.objective import beta_at, beta_settled, free_bits_kl, latent_dropout_mask, upstream_kl_term
 
 # two sequences, three latent dims: KL values chosen so that each floor bites somewhere
 KL = torch.tensor([[0.02, 0.30, 1.00],
@@ -58,6 +58,9 @@ def test_floor_stops_the_gradient_below_it():
     (ObjectiveConfig(beta=1.0, schedule="linear", beta_start=0.1, warmup_steps=100), 0, 1000, 0.1),
     (ObjectiveConfig(beta=1.0, schedule="linear", beta_start=0.1, warmup_steps=100), 50, 1000, 0.55),
     (ObjectiveConfig(beta=1.0, schedule="linear", beta_start=0.1, warmup_steps=100), 400, 1000, 1.0),
+    # linear with warmup_steps = 0: the rise takes ramp_fraction of training
+    (ObjectiveConfig(beta=1.0, schedule="linear", ramp_fraction=0.25), 125, 1000, 0.5),
+    (ObjectiveConfig(beta=1.0, schedule="linear", ramp_fraction=0.25), 250, 1000, 1.0),
     # cyclical, M = 4 cycles of 250 steps, rising over R = 0.5 of each: beta * min(1, tau / R)
     (ObjectiveConfig(beta=1.0, schedule="cyclical", cycles=4, cycle_ratio=0.5), 0, 1000, 0.0),
     (ObjectiveConfig(beta=1.0, schedule="cyclical", cycles=4, cycle_ratio=0.5), 62, 1000, 62 / 125),
@@ -71,6 +74,22 @@ def test_floor_stops_the_gradient_below_it():
 ])
 def test_schedules_follow_their_formulas(config, step, total, expected):
     assert beta_at(config, step, total) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("config,total", [
+    (ObjectiveConfig(), 1000),
+    (ObjectiveConfig(schedule="linear", warmup_steps=100), 1000),
+    (ObjectiveConfig(schedule="linear", ramp_fraction=0.3), 1000),
+    (ObjectiveConfig(schedule="cyclical", cycles=4, cycle_ratio=0.5), 1000),
+    (ObjectiveConfig(schedule="cyclical", cycles=3, cycle_ratio=0.7), 1000),
+    (ObjectiveConfig(schedule="zero_linear", zero_fraction=0.2, ramp_fraction=0.3), 1000),
+])
+def test_beta_settles_where_the_schedule_stops_moving(config, total):
+    """From beta_settled on, beta is constant at its final value; the step before, it was not (or it is 0)."""
+    settled = beta_settled(config, total)
+    assert all(beta_at(config, t, total) == pytest.approx(config.beta) for t in range(settled, total))
+    if settled > 0:
+        assert beta_at(config, settled - 1, total) < config.beta
 
 
 def test_latent_dropout_rate_and_upstream_rng_use():

@@ -1,6 +1,7 @@
 """Training is deterministic, survives kill -9, refuses bad checkpoints and stops on a non-finite loss."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from gptvae.errors import CheckpointError, NonFiniteLossError
 from gptvae.evaluation import final_evaluation
 from gptvae.files import CHECKPOINT, load_checkpoint
 from gptvae.run import RESULT
-from gptvae.train import train
+from gptvae.train import plateau, train
 
 SYNTHETIC = {"data.dataset": "synthetic", "data.synthetic_train": 600, "data.synthetic_eval": 64,
              "train.steps": 24, "train.eval_every": 8, "train.log_every": 4, "eval.max_sequences": 32}
@@ -28,7 +29,37 @@ def smoke(**overrides):
 
 
 def final(trained, cfg):
-    return final_evaluation(trained.model, trained.corpus, cfg, autocast=trained.autocast)
+    return final_evaluation(trained.model, trained.corpus, cfg, autocast=trained.autocast).metrics
+
+
+@pytest.mark.parametrize("bounds, patience, tolerance, expected", [
+    ([4.0, 3.5, 3.4], 1, 0.05, (False, 0.1)),              # still learning
+    ([4.0, 3.5, 3.49], 1, 0.05, (True, 0.01)),             # moved less than the tolerance
+    ([4.0, 3.5, 3.6, 3.55], 2, 0.01, (True, -0.05)),        # got worse: a plateau (overfitting) too
+    ([4.0, 3.5], 2, 0.01, (None, math.nan)),               # too few points to judge
+    ([4.0, 3.5, 3.4], 0, 0.01, (None, math.nan)),          # patience 0: never judged
+])
+def test_plateau(bounds, patience, tolerance, expected):
+    on_plateau, improvement = plateau(bounds, patience=patience, tolerance=tolerance)
+    assert on_plateau is expected[0]
+    assert improvement == pytest.approx(expected[1]) if not math.isnan(expected[1]) else math.isnan(improvement)
+
+
+def test_training_stops_on_a_plateau_and_records_it_and_a_resume_trains_no_further(tmp_path):
+    cfg = smoke(**{"train.patience": 1, "train.tolerance": 100.0, "train.steps": 40})   # any step is a plateau
+    trained = train(cfg, run_dir=tmp_path, progress=False)
+    assert trained.stopped and trained.finished and trained.step == 16   # evaluations at 8 and 16
+    record = trained.convergence(cfg)
+    assert record["train.converged"] == 1.0 and record["train.steps_trained"] == 16
+    assert record["train.stopped_early"] == 1.0 and len(trained.bounds) == 2
+    again = train(cfg, run_dir=tmp_path, progress=False)
+    assert again.stopped and again.step == 16 and again.bounds == trained.bounds
+
+    running = smoke(**{"train.patience": 1, "train.tolerance": 0.0})   # improvement < 0 never happens early on
+    whole = train(running, run_dir=tmp_path / "whole", progress=False)
+    assert not whole.stopped and whole.step == 24
+    assert "train.converged" in whole.convergence(running)
+    assert "train.converged" not in whole.convergence(smoke())   # patience 0: not judged
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
