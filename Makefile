@@ -32,7 +32,8 @@ TABLES       ?= paper/tables/$(PRESET)
 NOTEBOOKS    ?= analysis/executed/$(PRESET)
 
 SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) --dataset $(DATASET) --seeds "$(SEEDS)" --jobs $(JOBS) \
-        $(if $(EXECUTOR),--executor $(EXECUTOR)) $(foreach item,$(SET),--set $(item)) $(if $(PLAN),--plan)
+        --results $(RESULTS) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(foreach item,$(SET),--set $(item)) \
+        $(if $(PLAN),--plan)
 
 .DEFAULT_GOAL := help
 .PHONY: help env test bench data ablations mlflow-ui results figures paper clean

@@ -66,7 +66,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from gptvae.sweep import format_plan, format_rows, load_spec, plan_runs, plan_status, run_sweep
+    from gptvae.sweep import exported_runs, format_plan, format_rows, load_spec, plan_runs, plan_status, run_sweep
     from gptvae.tracking import Tracker, store_exists, tracking_uri
 
     spec = load_spec(args.spec)
@@ -74,24 +74,42 @@ def cmd_sweep(args) -> None:
     if args.plan:
         runs = plan_runs(spec, preset_name=args.preset, dataset=args.dataset, seeds=seeds, overrides=args.overrides)
         tracker = Tracker() if store_exists(tracking_uri()) else None   # a store not yet made holds nothing
-        rows = plan_status(runs, experiment=spec.experiment, runs_root=args.runs_root, tracker=tracker)
+        rows = plan_status(runs, experiment=spec.experiment, runs_root=args.runs_root, tracker=tracker,
+                           exported=exported_runs(args.results))
         print(f"{spec.experiment} ({args.preset}, {runs[0].cfg.data.dataset}): {len(rows)} planned runs, "
               f"{sum(r['status'] in ('to train', 'to resume') for r in rows)} to train\n")
         print(format_plan(rows))
         return
     rows = run_sweep(spec, preset_name=args.preset, dataset=args.dataset, seeds=seeds, jobs=args.jobs,
                      executor=args.executor, overrides=args.overrides, runs_root=args.runs_root,
-                     progress=not args.quiet)
+                     progress=not args.quiet, results=args.results)
     print(f"\n{spec.experiment}: {len(rows)} runs\n")
     print(format_rows(rows))
 
 
 def cmd_evaluate(args) -> None:
-    from gptvae.evaluation import evaluate_logged_run
+    from gptvae.errors import ConfigError
+    from gptvae.evaluation import evaluate_logged_run, k_sweep_logged_run
+    from gptvae.tracking import Tracker
 
-    result = evaluate_logged_run(args.run_id, split=args.split, iw_samples=args.iw_samples,
-                                 max_sequences=args.max_sequences, seed=args.seed)
-    print(json.dumps(result, indent=2))
+    tracker = Tracker()
+    run_ids = list(args.run_id)
+    if args.experiment:
+        run_ids += tracker.trained_runs(args.experiment, kind=args.kind)
+    if not run_ids:
+        raise ConfigError("give run ids or --experiment NAME (its finished runs"
+                          + (f" of kind {args.kind}" if args.kind else "") + " are evaluated)")
+    for run_id in dict.fromkeys(run_ids):   # a run two sweeps share, once
+        if args.k_sweep:
+            ks = [int(k) for k in args.k_sweep.split(",") if k.strip()]
+            curve = k_sweep_logged_run(run_id, split=args.split, ks=ks, max_sequences=args.max_sequences,
+                                       tracker=tracker)
+            print(f"{run_id}: K sweep on {args.split}\n{curve.to_string(index=False)}")
+            continue
+        result = evaluate_logged_run(run_id, split=args.split, iw_samples=args.iw_samples,
+                                     max_sequences=args.max_sequences, seed=args.seed, fp32=args.fp32,
+                                     tracker=tracker)
+        print(json.dumps({"run_id": run_id, **result}, indent=2))
 
 
 def cmd_sample(args) -> None:
@@ -153,15 +171,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how runs are carried out (default: serial for --jobs 1, pool for more)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each with cores/jobs threads")
     p.add_argument("--runs-root", default="runs", help="where checkpoints go (default: runs/)")
+    p.add_argument("--results", default=None,
+                   help="an export folder (make passes paper/results/<preset>): runs already exported there are "
+                        "not trained again, so a study trained in pieces on different machines adds up")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_sweep)
 
-    p = sub.add_parser("evaluate", help="re-evaluate a logged run from its checkpoint; log into the same run")
-    p.add_argument("run_id", help="MLflow run id")
+    p = sub.add_parser("evaluate", help="re-evaluate logged runs from their checkpoints; log into the same runs",
+                       description="Evaluate logged runs again from their checkpoints (which stay on the machine "
+                                   "that trained them), on another split, with another K, in fp32, or as a K "
+                                   "sweep; the numbers and per-sentence tables are logged into the same runs, "
+                                   "never twice. `make results` exports them.",
+                       epilog="e.g. python -m gptvae evaluate --experiment ablation-kl-floor --split test "
+                              "--iw-samples 500 --max-sequences 1000")
+    p.add_argument("run_id", nargs="*", help="MLflow run ids")
+    p.add_argument("--experiment", default=None, help="also every finished run of this experiment, e.g. ablation-kl-floor")
+    p.add_argument("--kind", default=None, help="with --experiment: only runs of this model family (vae, lm)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--iw-samples", type=int, default=500, help="K for IW-NLL (default: 500)")
-    p.add_argument("--max-sequences", type=int, default=None, help="evaluate the first N (seeded subset); default all")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-sequences", type=int, default=None,
+                   help="evaluate a fixed seeded subset of N sequences (default: all)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's own)")
+    p.add_argument("--fp32", action="store_true", help="without bf16 autocast: the check of the bf16 numbers")
+    p.add_argument("--k-sweep", default=None, metavar="K,K,...",
+                   help="IW-NLL at each K from one set of max(K) samples, e.g. 1,10,100,1000 (logged as "
+                        "ksweep_<split>.csv)")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("sample", help="decode samples from a trained run (prior, or a reference's latent)")

@@ -17,10 +17,9 @@ from gptvae.data import BOS, EOS, VALIDATION_SEED, Corpus, Split, collate, load_
 from gptvae.device import autocast_context, bf16_is_fast, model_device, pick_device
 from gptvae.families import build_model
 from gptvae.files import CHECKPOINT, atomic_write_csv, load_checkpoint
-from gptvae.metrics import evaluate_split, latent_probes, posteriors
+from gptvae.metrics import evaluate_split, iw_nll_curve, latent_probes, posteriors
 from gptvae.tracking import TAG_CHECKPOINT, Tracker, TrackingError
 
-PROBE_SEQUENCES = 5_000     # training sequences the linear probes are fit on
 POSTERIOR_POINTS = 500      # validation sequences whose posterior means a run keeps
 MI_REPEATS = 5              # draws of z behind each MI estimate: its mean, and its noise as their std
 COUNT_KEYS = ("iw_samples", "mi_samples", "n_sequences", "mc_samples")   # logged as params, not metrics
@@ -52,7 +51,8 @@ def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, prog
     - per sentence: tokens, Rec, KL, -ELBO, IW-NLL, NLL with the latent masked, reconstruction BLEU.
     """
     report = Report({})
-    probe = subset(corpus.splits["train"], PROBE_SEQUENCES, seed=VALIDATION_SEED)
+    probe = subset(corpus.splits["train"], cfg.eval.probe_sequences, seed=VALIDATION_SEED)
+    untrained_model = None
     for name in splits or cfg.eval.splits:
         full = corpus.splits[name]
         index = subset_index(len(full), cfg.eval.max_sequences, seed=VALIDATION_SEED)
@@ -66,12 +66,14 @@ def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, prog
         sentences = pd.DataFrame(result.sentences)
         sentences.insert(1, "sentence", index.numpy())   # the row of the whole split: pairs runs sentence by sentence
         if model.prior.units > 0:
-            scores = reconstruction_bleu(model, split, corpus.vocab, max_new_tokens=cfg.model.max_seq_len - 1)
+            # nothing is reconstructed longer than the longest input: the greedy decoder stops there
+            scores = reconstruction_bleu(model, split, corpus.vocab, max_new_tokens=int(split.lengths.max()))
             metrics.update(scores.metrics)
             for key, values in scores.sentences.items():
                 sentences[key] = values
             if untrained and split.labels:
-                metrics.update(untrained_probes(cfg, corpus, probe, split, autocast=autocast))
+                untrained_model = untrained_model or initial_model(cfg, corpus)
+                metrics.update(untrained_probes(untrained_model, cfg, probe, split, autocast=autocast))
         report.metrics.update({f"{name}.{k}": v for k, v in metrics.items()})   # counts stay ints
         report.sentences[name] = sentences
         report.units[name] = pd.DataFrame(result.units)
@@ -113,15 +115,17 @@ def reconstruction_bleu(model, split: Split, vocab, *, max_new_tokens: int, batc
     return Scores(metrics, sentences)
 
 
-def untrained_probes(cfg: Config, corpus: Corpus, probe: Split, split: Split, *, autocast: bool) -> dict:
-    """probe_untrained_z_acc_<label>: the sampled-z probe on the same architecture at its initialisation
-    (the run's own seed): a probe that reads as much from a model that learnt nothing measures the
-    probe, not the latent."""
-    device = pick_device(None)
+def initial_model(cfg: Config, corpus: Corpus):
+    """The run's model as it was before its first step: the same architecture and seed, untrained."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, num_tokens=len(corpus.vocab)).to(device)
-    model.eval()
+        model = build_model(cfg.model, num_tokens=len(corpus.vocab)).to(pick_device(None))
+    return model.eval()
+
+
+def untrained_probes(model, cfg: Config, probe: Split, split: Split, *, autocast: bool) -> dict:
+    """probe_untrained_z_acc_<label>: the sampled-z probe on `initial_model`: a probe that reads as
+    much from a model that learnt nothing measures the probe, not the latent."""
     out = latent_probes(model, probe, split, max_tokens=cfg.eval.batch_tokens, autocast=autocast,
                         generator=torch.Generator().manual_seed(cfg.train.seed))
     return {k.replace("probe_z_acc_", "probe_untrained_z_acc_"): v for k, v in out.items()
@@ -202,7 +206,8 @@ def load_run(run: str, *, tracker: Tracker | None = None, device=None):
 
 
 def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 500, max_sequences: int | None = None,
-                        seed: int | None = None, tracker: Tracker | None = None) -> dict[str, float]:
+                        seed: int | None = None, fp32: bool = False, tracker: Tracker | None = None
+                        ) -> dict[str, float]:
     """Evaluate a run's final checkpoint on `split` and log the numbers into the same run, never over
     the numbers it already has.
 
@@ -210,7 +215,8 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
     evaluation. The first protocol logged for a split takes the keys "<split>.<metric>", with K, N, the
     MI and MC sample counts and the seed as params "<split>.iw_samples", ...; another protocol on that
     split takes "<split>_k<K>_n<N>[_s<seed>].<metric>". Asking for a protocol already logged logs
-    nothing and returns its logged numbers.
+    nothing and returns its logged numbers. fp32 evaluates without bf16 autocast, always under its own
+    keys "<split>_k<K>_n<N>[_s<seed>]_fp32.<metric>": the check of the bf16 numbers.
     """
     require(isinstance(iw_samples, int) and iw_samples >= 1, "--iw-samples", iw_samples,
             "a number of importance samples K >= 1 (reported numbers use 500)")
@@ -231,15 +237,16 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
         return (params.get(f"{prefix}.iw_samples"), params.get(f"{prefix}.n_sequences"),
                 params.get(f"{prefix}.eval_seed", str(run_seed)))
 
-    own = f"{split}_k{iw_samples}_n{n}" + (f"_s{seed}" if seed != run_seed else "")
-    for prefix in (split, own):
+    own = f"{split}_k{iw_samples}_n{n}" + (f"_s{seed}" if seed != run_seed else "") + ("_fp32" if fp32 else "")
+    for prefix in ((own,) if fp32 else (split, own)):
         if logged_protocol(prefix) == protocol:   # already measured: the store has these numbers
             metrics = tracker.run(run_id).data.metrics
             return {k: v for k, v in metrics.items() if k.startswith(prefix + ".")}
-    prefix = split if f"{split}.iw_samples" not in params else own
+    prefix = split if f"{split}.iw_samples" not in params and not fp32 else own
 
     device = model_device(model)
-    report = final_evaluation(model, corpus, cfg, autocast=cfg.train.autocast and bf16_is_fast(device), progress=True)
+    autocast = cfg.train.autocast and bf16_is_fast(device) and not fp32
+    report = final_evaluation(model, corpus, cfg, autocast=autocast, progress=True)
     result = {prefix + key[len(split):]: value for key, value in report.metrics.items()}
     with tempfile.TemporaryDirectory() as tmp:   # the per-sentence tables first: the metrics mark it done
         for name, frame in report.files().items():
@@ -250,6 +257,34 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
                                 f"{prefix}.eval_seed": seed})
     tracker.log_metrics(run_id, [(k, v, cfg.train.steps) for k, v in result.items() if k not in count_keys])
     return result
+
+
+KSWEEP = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)   # the K of the estimator-bound figure
+
+
+def k_sweep_logged_run(run_id: str, *, split: str = "valid", ks=KSWEEP, max_sequences: int | None = 500,
+                       seed: int | None = None, tracker: Tracker | None = None) -> pd.DataFrame:
+    """IW-NLL at every K in `ks` from one set of max(ks) importance samples (the estimate at K uses the
+    first K), on a seeded subset of `split`; logged into the run as the artifact ksweep_<split>.csv
+    (K, iw_nll, iw_nll_per_token, n_sequences, n_tokens), never twice. Returns that table."""
+    ks = sorted({int(k) for k in ks})
+    require(bool(ks) and ks[0] >= 1, "--k-sweep", ks, "importance-sample counts K >= 1, e.g. 1,10,100,1000")
+    require(max_sequences is None or max_sequences >= 1, "--max-sequences", max_sequences,
+            "a number of sequences >= 1, or all")
+    tracker = tracker or Tracker()
+    name = f"ksweep_{split}.csv"
+    with tempfile.TemporaryDirectory() as tmp:
+        if name in {a.path for a in tracker.call(tracker.client.list_artifacts, run_id)}:
+            return pd.read_csv(tracker.call(tracker.client.download_artifacts, run_id, name, tmp))
+        model, corpus, cfg, _ = load_run(run_id, tracker=tracker)
+        data = subset(corpus.splits[split], max_sequences, seed=VALIDATION_SEED)
+        device = model_device(model)
+        curve = iw_nll_curve(model, data, ks, max_tokens=cfg.eval.batch_tokens,
+                             seed=cfg.train.seed if seed is None else seed,
+                             autocast=cfg.train.autocast and bf16_is_fast(device), progress=True)
+        path = atomic_write_csv(Path(tmp) / name, curve)
+        tracker.log_artifact(run_id, path)
+    return curve
 
 
 @torch.no_grad()

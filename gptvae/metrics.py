@@ -162,6 +162,42 @@ def importance_weighted_nll(
     )
 
 
+@torch.no_grad()
+def iw_nll_curve(model, split, ks, *, max_tokens: int = 4096, seed: int = 0, autocast: bool = False,
+                 progress: bool = False):
+    """IW-NLL of `split` at every K in `ks`, nested: max(ks) samples per sequence are drawn once, and the
+    estimate at K uses the first K of them (a K = 1 estimate is a one-sample ELBO). A DataFrame with
+    K, iw_nll (nats per sequence), iw_nll_per_token, n_sequences and n_tokens.
+    """
+    import pandas as pd
+
+    from gptvae.data import PAD, batch_plan, collate
+
+    ks = sorted(set(ks))
+    k_max = ks[-1]
+    device = model_device(model)
+    generator = torch.Generator().manual_seed(seed)
+    sums = torch.zeros(len(ks), dtype=torch.float64)
+    n_tokens = 0
+    with _eval_mode(model):
+        for index in tqdm(batch_plan(split.lengths, max_tokens=max_tokens, shuffle=False), desc=f"K sweep (K<={k_max})",
+                          unit="batch", disable=not progress, leave=False):
+            tokens = collate(split, index).to(device)
+            n_tokens += int(((tokens != PAD).sum(-1) - 1).sum().item())
+            posterior = _posterior(model, tokens, autocast=autocast)
+            chunk = max(1, IW_CHUNK_TOKENS // tokens.shape[1])
+            z = posterior.sample(k_max, generator=generator)                          # (K, B, ...)
+            ll = log_likelihood_samples(model, tokens, z, chunk_size=chunk, autocast=autocast)
+            wide = ll.dtype
+            z_w = z.to(wide)
+            log_w = ll + model.prior.log_prob(z_w) - posterior.to(wide).log_prob(z_w)  # (K, B)
+            for i, k in enumerate(ks):
+                sums[i] += -(torch.logsumexp(log_w[:k], dim=0) - math.log(k)).sum().cpu()
+    num = len(split)
+    return pd.DataFrame({"K": ks, "iw_nll": (sums / num).numpy(), "iw_nll_per_token": (sums / n_tokens).numpy(),
+                         "n_sequences": num, "n_tokens": n_tokens})
+
+
 # mutual information I(x; z) under q
 
 def _log_aggregate_posterior(z: Tensor, posterior: Posterior) -> Tensor:

@@ -254,7 +254,7 @@ def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, prese
         raise ResultsMissingError(f"the store {tracker.uri} has no finished ablation runs"
                                   f"{f' for preset {preset}' if preset else ''}: run a sweep first, "
                                   "e.g. `make ablation-kl-floor`")
-    old = {name: pd.read_csv(out / name) for name in FILES if (out / name).is_file()}
+    old = {name: read_csv(out / name) for name in FILES if (out / name).is_file()}
     runs = merge_by_run(old.get("runs.csv"), stored, key=RUN_KEY)
     _check_one_config_per_setting(runs, out)
     runs = runs.sort_values(["experiment", "kind", "value", "seed"], ascending=[True, False, True, True],
@@ -287,13 +287,19 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame]:
     if missing:
         raise ResultsMissingError(f"{folder} lacks {', '.join(missing)}: run `make results` first "
                                   "(it exports them from the MLflow store of your sweeps)")
-    return {name.removesuffix(".csv"): pd.read_csv(folder / name) for name in FILES}
+    return {name.removesuffix(".csv"): read_csv(folder / name) for name in FILES}
 
 
 def load_sentences(results_dir: str | Path, run_id: str, split: str) -> pd.DataFrame | None:
     """The per-sentence results of one run on one split, or None when the run exported none."""
     path = Path(results_dir) / SENTENCES / f"{run_id}.{split}.csv"
-    return pd.read_csv(path) if path.is_file() else None
+    return read_csv(path) if path.is_file() else None
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """An exported file as it was written: only empty cells are missing ("None", a logged config value,
+    stays text), so that reading and writing it again gives the same bytes."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 def summarize(runs: pd.DataFrame, experiment: str, metrics: list[str]) -> pd.DataFrame:

@@ -143,9 +143,24 @@ def sweep_key(spec: SweepSpec, preset_name: str, dataset: str, overrides) -> str
     return f"{spec.name}|{preset_name}|{dataset}|{'|'.join(sorted(overrides))}"
 
 
+def exported_runs(results: str | Path | None) -> dict[tuple[str, int], str]:
+    """(config hash, seed) -> run id of every run already exported to results/runs.csv (none without it).
+
+    A study trained in pieces on machines whose stores are lost in between: what an earlier piece
+    exported (and committed) is not trained again."""
+    path = Path(results) / "runs.csv" if results else None
+    if path is None or not path.is_file():
+        return {}
+    import pandas as pd
+
+    runs = pd.read_csv(path, usecols=["config_hash", "seed", "run_id"], dtype={"config_hash": str})
+    return {(h, int(seed)): run_id for h, seed, run_id in zip(runs.config_hash, runs.seed, runs.run_id)}
+
+
 def plan_status(runs: list[PlannedRun], *, experiment: str, runs_root: str | Path,
-                tracker: Tracker | None) -> list[dict]:
+                tracker: Tracker | None, exported: dict | None = None) -> list[dict]:
     """What a sweep would do with each planned run, read from the store (None: no store yet) without changing it."""
+    exported = exported or {}
     finished: dict[tuple[str, str], list] = {}
     for r in tracker.finished_runs() if tracker else []:
         finished.setdefault((r.data.tags[TAG_HASH], r.data.tags[TAG_SEED]), []).append(r)
@@ -155,7 +170,9 @@ def plan_status(runs: list[PlannedRun], *, experiment: str, runs_root: str | Pat
         key = (run.config_hash, str(run.seed))
         here = [r for r in finished.get(key, []) if r.info.experiment_id == exp_id]
         trained = [r for r in finished.get(key, []) if TAG_SAME_AS not in r.data.tags]
-        if here and TAG_SAME_AS not in here[0].data.tags:
+        if (run.config_hash, run.seed) in exported:
+            status = f"exported ({exported[run.config_hash, run.seed][:8]})"
+        elif here and TAG_SAME_AS not in here[0].data.tags:
             status = f"finished ({here[0].info.run_id[:8]})"
         elif here:
             status = f"link to {here[0].data.tags[TAG_SAME_AS][:8]}"
@@ -171,8 +188,11 @@ def plan_status(runs: list[PlannedRun], *, experiment: str, runs_root: str | Pat
 
 def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, jobs: int = 1,
               executor: str | None = None, overrides=(), runs_root: str | Path = "runs",
-              tracker: Tracker | None = None, progress: bool = True) -> list[dict]:
-    """Train every planned run of a sweep with an executor (default: serial for one job, pool for more)."""
+              tracker: Tracker | None = None, progress: bool = True, results: str | Path | None = None
+              ) -> list[dict]:
+    """Train every planned run of a sweep with an executor (default: serial for one job, pool for more).
+
+    results: an export folder; runs already exported there (by config hash and seed) are skipped."""
     from tqdm.auto import tqdm
 
     from gptvae.data import check_available
@@ -180,6 +200,11 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
 
     # everything that can be checked is checked before the store is touched
     runs = plan_runs(spec, preset_name=preset_name, dataset=dataset, seeds=seeds, overrides=overrides)
+    exported = exported_runs(results)
+    skipped = [{"name": run.name, "kind": run.kind, "value": run.value, "seed": run.seed,
+                "run_id": exported[run.config_hash, run.seed], "status": f"exported in {results}"}
+               for run in runs if (run.config_hash, run.seed) in exported]
+    runs_to_do = [run for run in runs if (run.config_hash, run.seed) not in exported]
     chosen = get_executor(executor or ("serial" if jobs <= 1 else "pool"), jobs=jobs)
     check_available(runs[0].cfg.data)
     tracker = tracker or Tracker()
@@ -191,9 +216,9 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
                                          TAG_VALUES: json.dumps(list(spec.values)), TAG_NOTE: spec.description})
     tracker.set_status(parent_id, "RUNNING")
     tasks = [RunTask(run=run, experiment=spec.experiment, parent_id=parent_id, runs_root=str(runs_root),
-                     tracking_uri=tracker.uri, progress=progress) for run in runs]
+                     tracking_uri=tracker.uri, progress=progress) for run in runs_to_do]
 
-    rows: list[dict] = []
+    rows: list[dict] = list(skipped)
     outcomes = chosen.run(tasks)
     try:
         for row in tqdm(outcomes, total=len(tasks), desc=spec.experiment, unit="run", disable=not progress,

@@ -189,6 +189,22 @@ class Tracker:
 
         return [r for r in self.call(search) if TAG_HASH in r.data.tags]
 
+    def trained_runs(self, experiment: str, *, kind: str | None = None) -> list[str]:
+        """The run ids that trained the finished children of an experiment (a linked child gives the run it
+        reuses), oldest first; only those of model family `kind` when given."""
+        exp_id = self.find_experiment(experiment)
+        if exp_id is None:
+            raise TrackingError(f"experiment {experiment!r} is not in the store {self.uri}")
+        runs = self.call(self.client.search_runs, [exp_id], filter_string="attributes.status = 'FINISHED'",
+                         max_results=5000, order_by=["attributes.start_time ASC"])
+        out = []
+        for run in runs:
+            tags = run.data.tags
+            if TAG_HASH not in tags or (kind is not None and tags.get(TAG_KIND) != kind):
+                continue
+            out.append(tags.get(TAG_SAME_AS, run.info.run_id))
+        return list(dict.fromkeys(out))
+
     def parent_run(self, experiment_id: str, sweep_key: str, *, name: str, tags: dict[str, str]) -> str:
         """The sweep's parent run: found by its key, so a re-run sweep keeps adding to the same one."""
         def find_or_create():

@@ -85,5 +85,15 @@ def test_evaluate_command_logs_into_the_same_run(tmp_path, monkeypatch, capsys):
     assert {"test.iw_nll", "test.mi", "test_k6_n16.iw_nll", "valid.iw_nll"} <= set(run.data.metrics)
     logged = {a.path for a in MlflowClient(uri).list_artifacts(row["run_id"])}
     assert {"sentences_valid.csv", "sentences_test.csv", "sentences_test_k6_n16.csv", "units_test.csv"} <= logged
+
+    # every run of an experiment; fp32 under its own keys (this preset trains without autocast: equal numbers)
+    assert main(["evaluate", "--experiment", "evaluate-test", "--split", "test", "--iw-samples", "4",
+                 "--max-sequences", "16", "--fp32"]) == 0
+    metrics = MlflowClient(uri).get_run(row["run_id"]).data.metrics
+    assert metrics["test_k4_n16_fp32.iw_nll"] == pytest.approx(metrics["test.iw_nll"], rel=1e-12)
+    # the K sweep: one table, logged once
+    assert main(["evaluate", row["run_id"], "--split", "valid", "--k-sweep", "1,4,16", "--max-sequences", "8"]) == 0
+    assert "ksweep_valid.csv" in {a.path for a in MlflowClient(uri).list_artifacts(row["run_id"])}
+    assert main(["evaluate", "--experiment", "no-such-experiment"]) == 2
     assert main(["evaluate", "no-such-run"]) == 2
     assert "not in the store" in capsys.readouterr().err

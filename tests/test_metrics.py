@@ -22,6 +22,7 @@ from gptvae.metrics import (
     active_units,
     evaluate,
     importance_weighted_nll,
+    iw_nll_curve,
     minibatch_mutual_information,
     mutual_information,
     mutual_information_repeated,
@@ -333,6 +334,31 @@ def test_evaluate_exact_token_model():
     assert out["neg_elbo"] == pytest.approx(out["rec"] + out["kl"], abs=1e-9)
     assert out["nll_bound_per_token"] == pytest.approx(out["neg_elbo"] * len(split) / split.num_tokens)
     assert out["au"] == active_units(posteriors(model, split).mean)
+
+
+def test_k_sweep_is_exact_at_every_k_with_the_exact_posterior():
+    split = token_split()
+    model = TokenLinearGaussian([2.0, 0.5, 0.05, 0.001])
+    curve = iw_nll_curve(model, split, [1, 3, 30], max_tokens=64, seed=0)
+    exact = -model.log_likelihood(torch.nn.utils.rnn.pad_sequence(split.sequences, batch_first=True), None)
+    assert list(curve.K) == [1, 3, 30] and curve.n_tokens.iloc[0] == split.num_tokens
+    for value in curve.iw_nll:
+        assert value == pytest.approx(exact.mean().item(), abs=1e-4)
+
+
+def test_k_sweep_nests_the_samples_of_the_iw_estimator():
+    """The estimate at K uses the first K of the same draws IW-NLL at K would use: equal, draw for draw."""
+    split = token_split(20)
+    model = TokenLinearGaussian([2.0, 0.5, 0.05, 0.001])
+    model.lg.mean_shift, model.lg.var_scale = 0.5, 3.0          # a wrong posterior: the bound is loose
+    curve = iw_nll_curve(model, split, [1, 8, 200], max_tokens=10_000, seed=5).set_index("K").iw_nll
+    x = data.collate(split, torch.arange(len(split)))
+    order = data.batch_plan(split.lengths, max_tokens=10_000, shuffle=False)[0]
+    for k in (1, 8, 200):
+        iw = importance_weighted_nll(model, data.collate(split, order), k, generator=gen(5))
+        assert curve[k] == pytest.approx(iw.mean().item(), rel=1e-9), k
+    exact = -model.log_likelihood(x, None).mean().item()
+    assert curve[1] > curve[8] > curve[200] > exact - 1e-6
 
 
 def tiny_models():
