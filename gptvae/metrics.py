@@ -101,7 +101,16 @@ def log_likelihood_samples(model, x: Tensor, z: Tensor, *, chunk_size=None, auto
 
 # importance-weighted NLL (Burda et al. 2015)
 
-def importance_weighted_nll_from_posterior(
+def importance_weighted_nll_from_posterior(model, x: Tensor, posterior: Posterior, num_samples: int, **kwargs) -> Tensor:
+    """-log p(x) ~= -(logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K), (B,), float64.
+
+    Same as `importance_weighted_nll`, given the posterior already computed (evaluate shares one
+    encoder pass between all metrics). Keywords as `importance_weighted_estimate`.
+    """
+    return importance_weighted_estimate(model, x, posterior, num_samples, **kwargs)[0]
+
+
+def importance_weighted_estimate(
     model,
     x: Tensor,
     posterior: Posterior,
@@ -110,12 +119,13 @@ def importance_weighted_nll_from_posterior(
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
     autocast: bool = False,
-) -> Tensor:
-    """-log p(x) ~= -(logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K), (B,), float64.
+) -> tuple[Tensor, Tensor]:
+    """(IW-NLL, effective sample size) per sequence, both (B,), float64.
 
-    Same as `importance_weighted_nll`, given the posterior already computed (evaluate shares one
-    encoder pass between all metrics). The log-sum-exp runs over chunks of samples, so only one
-    chunk of weights is alive at a time.
+    ESS = (sum_k w_k)^2 / sum_k w_k^2, between 1 and K: how many of the K samples carry the estimate.
+    Near 1, one sample dominates: the posterior is so far from p(z|x) that K samples cannot estimate
+    log p(x), and the IW-NLL is a loose bound rather than an estimate. The log-sum-exps run over
+    chunks of samples, so only one chunk of weights is alive at a time.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples}; IW-NLL needs at least one importance sample")
@@ -126,6 +136,7 @@ def importance_weighted_nll_from_posterior(
 
     posterior_w = posterior.to(wide)
     running = torch.full((batch,), -math.inf, dtype=wide, device=x.device)
+    running_sq = running.clone()   # logsumexp of 2 log w, for the effective sample size
 
     for s0 in range(0, num_samples, samples_per_chunk):
         s1 = min(num_samples, s0 + samples_per_chunk)
@@ -136,8 +147,9 @@ def importance_weighted_nll_from_posterior(
         z_w = z.to(wide)
         log_w = ll.to(wide) + model.prior.log_prob(z_w) - posterior_w.log_prob(z_w)
         running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
+        running_sq = torch.logaddexp(running_sq, torch.logsumexp(2 * log_w, dim=0))
 
-    return -(running - math.log(num_samples))
+    return -(running - math.log(num_samples)), torch.exp(2 * running - running_sq)
 
 
 @torch.no_grad()
@@ -397,6 +409,8 @@ def evaluate_split(
       n_sequences, n_tokens, iw_samples, mc_samples   what was measured
       rec, kl, neg_elbo, nll_bound_per_token          the ELBO's terms (Rec from mc_samples z ~ q)
       iw_nll, iw_nll_per_token, ppl                   IW-NLL with K = iw_samples, and PPL from it
+      iw_ess_median                                   the median effective sample size of the K weights:
+                                                      near 1, K samples cannot estimate log p(x)
       lm_nll, lm_nll_per_token, lm_ppl                exact NLL with the latent slot masked
       mi, mi_noise, mi_ceiling, mi_samples            MI over the rows of `mi_split` (default: `split`;
                                                       a seeded subset of mi_samples rows when asked):
@@ -418,7 +432,7 @@ def evaluate_split(
     generator = torch.Generator().manual_seed(seed)
     num = len(split)
 
-    columns = ("tokens", "rec", "kl", "iw_nll", "lm_nll")
+    columns = ("tokens", "rec", "kl", "iw_nll", "lm_nll", "iw_ess")
     per = {name: torch.zeros(num, dtype=torch.float64) for name in columns}
     parts, order = [], []
 
@@ -437,15 +451,17 @@ def evaluate_split(
             order.append(index)
             if posterior.units == 0:   # no latent: log p(x|z) is the exact likelihood, nothing to sample
                 per["rec"][index] = per["iw_nll"][index] = lm
+                per["iw_ess"][index] = float(iw_samples)   # every weight is p(x): all K samples count
                 continue
 
             z = posterior.sample(mc_samples, generator=generator)
             ll = log_likelihood_samples(model, tokens, z, chunk_size=chunk, autocast=autocast)
             per["rec"][index] = -ll.double().mean(0).cpu()
             per["kl"][index] = posterior.to(torch.float64).kl().flatten(1).sum(-1).cpu()
-            per["iw_nll"][index] = importance_weighted_nll_from_posterior(
+            iw, ess = importance_weighted_estimate(
                 model, tokens, posterior, iw_samples, chunk_size=chunk, generator=generator, autocast=autocast,
-            ).cpu()
+            )
+            per["iw_nll"][index], per["iw_ess"][index] = iw.cpu(), ess.cpu()
 
     neg_elbo = per["rec"] + per["kl"]
     n_tokens = int(per["tokens"].sum().item())
@@ -466,6 +482,7 @@ def evaluate_split(
         lm_nll=sums["lm_nll"] / num,
         lm_nll_per_token=sums["lm_nll"] / n_tokens,
         lm_ppl=perplexity(sums["lm_nll"], n_tokens),
+        iw_ess_median=per["iw_ess"].median().item(),
     )
     sentences = {"row": np.arange(num), **{k: v.numpy() for k, v in per.items()}, "neg_elbo": neg_elbo.numpy()}
     sentences["tokens"] = sentences["tokens"].astype(np.int64)

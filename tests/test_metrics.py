@@ -21,6 +21,7 @@ from gptvae.latents import DiagonalGaussian, StandardNormal
 from gptvae.metrics import (
     active_units,
     evaluate,
+    importance_weighted_estimate,
     importance_weighted_nll,
     iw_nll_curve,
     minibatch_mutual_information,
@@ -102,6 +103,16 @@ def test_iw_nll_exact_posterior_is_exact(num_samples):
     iw = importance_weighted_nll(model, x, num_samples, generator=gen())
     assert iw.shape == (64,)
     torch.testing.assert_close(iw, -model.log_marginal(x), rtol=0, atol=1e-5)
+
+
+def test_effective_sample_size_is_k_for_the_exact_posterior_and_near_1_for_a_far_one():
+    model = LinearGaussian([2.0, 1.0, 0.3, 0.05])
+    x = model.sample(64, seed=1)
+    _, ess = importance_weighted_estimate(model, x, model.posterior(x), 50, chunk_size=640, generator=gen())
+    torch.testing.assert_close(ess, torch.full_like(ess, 50.0), rtol=1e-9, atol=0)   # every weight is p(x)
+    far = LinearGaussian([2.0, 1.0, 0.3, 0.05], var_scale=100.0)   # far too wide: one sample in K lands
+    _, ess = importance_weighted_estimate(far, x, far.posterior(x), 50, generator=gen())
+    assert ess.median() < 1.5 and (ess >= 1 - 1e-9).all()
 
 
 def test_iw_nll_signs_flipped_would_fail():
@@ -372,7 +383,7 @@ def tiny_models():
 
 KEYS = {"n_sequences", "n_tokens", "iw_samples", "mc_samples", "mi_samples", "rec", "kl", "neg_elbo",
         "nll_bound_per_token", "iw_nll", "iw_nll_per_token", "ppl", "mi", "au", "lm_nll", "lm_nll_per_token",
-        "lm_ppl", "mi_ceiling"}
+        "lm_ppl", "mi_ceiling", "iw_ess_median"}
 
 
 def test_evaluate_is_deterministic_and_complete():
