@@ -17,7 +17,8 @@ from gptvae import plots
 from gptvae.catalog import TABLE
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
-from gptvae.results import format_table, load_results, summarize
+from gptvae.results import format_table, load_results, load_sentences, summarize
+from gptvae.stats import paired, verdict
 from gptvae.sweep import SweepSpec, load_specs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,94 @@ def _spec(name: str, where) -> SweepSpec:
     if experiment not in catalogue:
         raise KeyError(f"no spec for {name!r}; specs: {', '.join(s.name for s in catalogue.values())}")
     return catalogue[experiment]
+
+
+MARGIN = 0.005       # nats per token: differences inside +- this, with an interval inside it too, "tie"
+ESS_FLOOR = 2.0      # median effective sample size below which an IW-NLL is not an estimate
+
+
+def _setting_rows(runs: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, object, pd.DataFrame]]:
+    """(label, value, runs of that setting) for every setting of a spec in grid order, the LM last."""
+    mine = runs[runs.experiment == spec.experiment]
+    out = []
+    for value in spec.values:
+        rows = mine[(mine.kind != BASELINE) & (mine.setting.astype(str) == str(value))]
+        if not rows.empty:
+            out.append((spec.setting(value), value, rows))
+    lm = mine[mine.kind == BASELINE]
+    if not lm.empty:
+        out.append(("LM baseline", None, lm))
+    return out
+
+
+def _per_seed(rows: pd.DataFrame, results_dir: Path, split: str) -> dict[int, pd.DataFrame]:
+    out = {}
+    for row in rows.itertuples():
+        frame = load_sentences(results_dir, row.run_id, split)
+        if frame is not None:
+            out[int(row.seed)] = frame
+    return out
+
+
+def _not_estimable(rows: pd.DataFrame, split: str) -> str | None:
+    """Why the IW-NLL of these runs is no estimate (None when it is): its weights' median ESS."""
+    key = f"{split}.iw_ess_median"
+    if key not in rows or rows[key].isna().all():
+        return None
+    ess = float(rows[key].min())
+    if ess < ESS_FLOOR:
+        k = int(rows[f"{split}.iw_samples"].iloc[0]) if f"{split}.iw_samples" in rows else "K"
+        return f"n/a: ESS {ess:.1f} of {k}"
+    return None
+
+
+def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid") -> str:
+    """The ablation's likelihood table: per setting the IW-NLL (nats/token) with its 95% interval, and the
+    paired differences (per seed, per sentence) against the spec's reference setting and the LM, each
+    with its interval and the word it licenses; then the bound and the NLL with the latent masked."""
+    settings = _setting_rows(runs, spec)
+    data = {label: _per_seed(rows, results_dir, split) for label, _, rows in settings}
+    by_label = {label: rows for label, _, rows in settings}
+    reference = spec.setting(spec.reference_value)
+    header = [spec.label, "seeds", "IW-NLL", f"vs {reference}", "vs LM", "-ELBO", "NLL, z masked", "converged"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, _, rows in settings:
+        seeds = data[label]
+        if not seeds:
+            lines.append(f"| {label} | {len(rows)} | no per-sentence results exported | | | | | |")
+            continue
+        reason = _not_estimable(rows, split)
+        iw = reason or paired(seeds, None, "iw_nll", per_token=True).format(3)
+
+        def versus(other: str) -> str:
+            if other == label or not data.get(other) or reason or _not_estimable(by_label[other], split):
+                return "–"
+            diff = paired(seeds, data[other], "iw_nll", per_token=True)
+            return f"{diff.format(3, signed=True)} {verdict(diff, margin=MARGIN)}"
+
+        cells = [label, str(len(seeds)), iw, versus(reference), versus("LM baseline"),
+                 paired(seeds, None, "neg_elbo", per_token=True).format(3),
+                 paired(seeds, None, "lm_nll", per_token=True).format(3),
+                 _converged(rows)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return ("\n".join(lines) + "\n\n" + f"Nats per token on {split} ({_sentences(data)} sentences per run): the mean over "
+            f"seeds with a 95% interval from a bootstrap over seeds and sentences; differences are paired per seed and "
+            f"per sentence. Words: *costs* / *buys* when the interval excludes 0, *ties* when it lies within "
+            f"±{MARGIN} nats/token, else *not resolved*. With 3 seeds the interval is honest about the sentences and "
+            f"optimistic about the seeds. An IW-NLL whose importance weights have a median effective sample size "
+            f"below {ESS_FLOOR:g} is not an estimate and prints as n/a.\n")
+
+
+def _sentences(data) -> str:
+    sizes = {len(frame) for seeds in data.values() for frame in seeds.values()}
+    return "/".join(str(n) for n in sorted(sizes)) or "0"
+
+
+def _converged(rows: pd.DataFrame) -> str:
+    if "train.converged" not in rows or rows["train.converged"].isna().all():
+        return "not judged"
+    done = int(rows["train.converged"].fillna(0).sum())
+    return f"{done}/{len(rows)}"
 
 
 def ablation_table(runs: pd.DataFrame, spec: SweepSpec) -> str:
@@ -80,6 +169,9 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
                 f"with the same PRESET, then `make results`.*\n"), []
     table = ablation_table(runs, spec)
     atomic_write_text(where["tables"] / f"{spec.name}.md", table)
+    if "setting" in runs:   # exports since per-sentence results: the paired comparison
+        atomic_write_text(where["tables"] / f"{spec.name}_likelihood.md",
+                          comparison_table(runs, spec, where["results"]))
     atomic_write_text(where["tables"] / f"{spec.name}_samples.md", samples_table(res["samples"], runs, spec))
 
     figures = {

@@ -62,17 +62,11 @@ def test_the_seed_is_not_part_of_the_identity():
 
 
 def test_todays_hashes_are_pinned():
-    """Two hashes written down when identities were frozen; the committed results depend on them."""
+    """Two hashes of the converged cpu preset (2,000 steps or a plateau); the committed results depend on them."""
     floor = load_spec(ROOT / "experiments" / "kl_floor.toml")
     runs = {r.name: r for r in plan_runs(floor, preset_name="cpu", dataset=None, seeds=[0])}
-    assert runs["free_bits=0.0 seed=0"].config_hash == "17b2d9b28254"
-    assert runs["LM baseline seed=0"].config_hash == "a560c47c4f35"
-
-
-def legacy_lm_hash(spec, seed: int) -> str:
-    """The LM row as planned before it ignored the objective: the spec's [base] objective knobs kept."""
-    cfg = apply_overrides(preset("cpu"), {**spec.base, "model.kind": "lm", "train.seed": seed})
-    return config_hash(cfg)
+    assert runs["free_bits=0.0 seed=0"].config_hash == "837acbe47c83"
+    assert runs["LM baseline seed=0"].config_hash == "b3c60fe3710a"
 
 
 def test_committed_runs_are_the_runs_plan_prints(tmp_path, monkeypatch, capsys):
@@ -94,12 +88,7 @@ def test_committed_runs_are_the_runs_plan_prints(tmp_path, monkeypatch, capsys):
                 printed[(cells[0], cells[1])] = cells[2]
         short = spec.factor.rsplit(".", 1)[-1]
         for row in mine:
-            value = next((v for v in spec.values if float(v) == float(row["value"])), None) if row["value"] else None
+            value = next((v for v in spec.values if str(v) == row["setting"]), None) if row["setting"] else None
             name = f"LM baseline seed={row['seed']}" if value is None else f"{short}={value} seed={row['seed']}"
-            if value is None and row["config_hash"] == legacy_lm_hash(spec, int(row["seed"])) != printed[(name, row["seed"])]:
-                # one committed LM run predates the planner's reset of the LM's (unused) objective knobs
-                # (stop 7's note): the same model, planned today under the LM hash every sweep shares
-                assert (spec.name, row["seed"]) == ("latent-dropout", "0")
-                continue
             assert printed[(name, row["seed"])] == row["config_hash"], (spec.name, name)
     assert not (tmp_path / "none-yet.db").exists()   # planning reads a store, it never makes one

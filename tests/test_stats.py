@@ -102,3 +102,44 @@ def test_over_seeds_is_a_t_interval_and_one_seed_has_none():
     assert iv.high - 2.0 == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))
     single = over_seeds([1.0])
     assert math.isnan(single.low) and single.format(2) == "1.00"
+
+
+def synthetic_results(folder, offsets: dict, *, seeds=(0, 1, 2), n=300, ess=50.0):
+    """runs.csv and per-sentence files of a made-up kl-floor study: setting value -> offset in nats per
+    sentence against the LM (None is the LM), with a shared seed effect and sentence difficulty."""
+    from gptvae.files import atomic_write_csv
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(30, 6, n)
+    tokens = rng.integers(3, 20, n)
+    rows = []
+    for seed in seeds:
+        seed_effect = rng.normal(0, 0.5)
+        for value, offset in offsets.items():
+            run_id = f"run-{value}-{seed}"
+            iw = difficulty + seed_effect + offset + rng.normal(0, 0.2, n)
+            atomic_write_csv(folder / "sentences" / f"{run_id}.valid.csv", pd.DataFrame({
+                "row": np.arange(n), "sentence": np.arange(n), "tokens": tokens, "rec": iw + 1, "kl": np.full(n, 1.0),
+                "iw_nll": iw, "lm_nll": iw + 0.5, "iw_ess": np.full(n, ess), "neg_elbo": iw + 2}))
+            rows.append({"experiment": "ablation-kl-floor", "kind": "lm" if value is None else "vae",
+                         "value": np.nan if value is None else value, "setting": "" if value is None else str(value),
+                         "seed": seed, "run_id": run_id, "valid.iw_ess_median": ess, "valid.iw_samples": 64,
+                         "train.converged": 1.0})
+    atomic_write_csv(folder / "runs.csv", pd.DataFrame(rows))
+    return pd.read_csv(folder / "runs.csv", keep_default_na=False, na_values=[""])
+
+
+def test_the_comparison_table_words_follow_the_data(tmp_path):
+    """The same table, with an effect and with it reversed: the words follow the intervals."""
+    from gptvae.report import comparison_table
+    from gptvae.sweep import load_spec
+
+    spec = load_spec(__import__("pathlib").Path(__file__).parents[1] / "experiments" / "kl_floor.toml")
+    costs = comparison_table(synthetic_results(tmp_path / "a", {0.0: 0.0, 1.0: 3.0, None: 0.0}), spec, tmp_path / "a")
+    buys = comparison_table(synthetic_results(tmp_path / "b", {0.0: 0.0, 1.0: -3.0, None: 0.0}), spec, tmp_path / "b")
+    row = lambda table, label: next(line for line in table.splitlines() if line.startswith(f"| {label} "))  # noqa: E731
+    assert "costs" in row(costs, "λ = 1") and "buys" in row(buys, "λ = 1")
+    assert "ties" in row(costs, "λ = 0")   # the reference against the LM: the same model up to noise
+    unestimable = comparison_table(synthetic_results(tmp_path / "c", {0.0: 0.0, None: 0.0}, ess=1.2), spec,
+                                   tmp_path / "c")
+    assert "n/a: ESS 1.2 of 64" in row(unestimable, "λ = 0")
