@@ -24,19 +24,45 @@ def _by_value(runs: pd.DataFrame, experiment: str, key: str) -> pd.DataFrame:
 
 
 def _baseline(runs: pd.DataFrame, experiment: str, key: str):
+    """(mean, std over seeds) of the LM baseline's metric, or None."""
     lm = runs[(runs.experiment == experiment) & (runs.kind == BASELINE)]
-    return None if lm.empty or key not in lm or lm[key].isna().all() else lm[key].mean()
+    if lm.empty or key not in lm or lm[key].isna().all():
+        return None
+    return lm[key].mean(), (lm[key].std() if lm[key].notna().sum() > 1 else 0.0)
 
 
-def _positions(values) -> dict[float, int]:
-    """Grid values sit at evenly spaced positions: grids like 0, 0.05, ..., 1 span decades and a zero."""
-    return {v: i for i, v in enumerate(sorted(set(values)))}
+def _draw_baseline(ax, base, *, label="LM baseline") -> None:
+    """The LM reference: a dashed line at its mean and a band of ± one std over its seeds."""
+    mean, std = base
+    ax.axhline(mean, color="0.35", linestyle="--", linewidth=1, label=label)
+    if std > 0:
+        ax.axhspan(mean - std, mean + std, color="0.35", alpha=0.12, linewidth=0)
 
 
-def _x_axis(ax, positions: dict[float, int], factor_label: str) -> None:
+def _positions(values) -> dict[float, float]:
+    """Grid values on the axis at their own values: the scale (`_scale`) makes decades readable."""
+    return {v: v for v in sorted(set(values))}
+
+
+def _scale(values) -> tuple[str, dict]:
+    """A linear axis, or a symmetric-log one (linear below the smallest non-zero value) when the grid
+    spans more than a decade: 0, 0.05, ..., 1 and 1, ..., 64 are then drawn to scale, zero included."""
+    positive = sorted(v for v in set(values) if v > 0)
+    if len(positive) >= 2 and positive[-1] / positive[0] > 10:
+        return "symlog", {"linthresh": positive[0]}
+    return "linear", {}
+
+
+def _x_axis(ax, positions: dict[float, float], factor_label: str) -> None:
+    name, kwargs = _scale(positions)
+    ax.set_xscale(name, **kwargs)
     ax.set_xticks(list(positions.values()))
-    ax.set_xticklabels([f"{v:g}" for v in positions])
-    ax.set_xlabel(factor_label)
+    ax.set_xticklabels([f"{v:g}" for v in positions], rotation=45 if name == "symlog" else 0, fontsize=9)
+    ax.minorticks_off()
+    if name == "symlog":   # no empty stretch of negative values left of a zero
+        low, high = min(positions), max(positions)
+        ax.set_xlim(low - 0.25 * kwargs["linthresh"] if low <= 0 else low / 1.3, high * 1.3)
+    ax.set_xlabel(factor_label + (" (symlog scale)" if name == "symlog" else ""))
 
 
 def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str, metrics=None, ncols: int = 3):
@@ -51,7 +77,9 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
                     label="GPT-VAE")
         base = _baseline(runs, experiment, key)
         if base is not None and not metric(key).latent_only:
-            ax.axhline(base, color="0.4", linestyle="--", linewidth=1, label="LM baseline")
+            _draw_baseline(ax, base)
+        if key.endswith(".au") or key.endswith(".kl") or key.endswith(".mi"):
+            ax.set_ylim(bottom=min(0.0, float(stats["mean"].min())) if key.endswith(".mi") else 0.0)
         _x_axis(ax, at, factor_label)
         if key.endswith("ppl") and stats["mean"].min() > 0 and stats["mean"].max() / stats["mean"].min() > 20:
             ax.set_yscale("log")   # a collapsed bound can put PPL orders of magnitude above the rest
@@ -60,7 +88,8 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
         ax.set_visible(False)
     axes.flat[0].legend(loc="best")
     seeds = runs.loc[runs.experiment == experiment, "seed"].nunique()
-    fig.suptitle(f"{experiment}: validation metrics (mean ± std over {seeds} seed{'s' * (seeds > 1)})")
+    fig.suptitle(f"Validation metrics against {factor_label} (mean ± std over {seeds} seed{'s' * (seeds > 1)}; "
+                 f"the LM baseline dashed, its seeds shaded)")
     fig.tight_layout()
     return fig
 
@@ -71,22 +100,25 @@ def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str):
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
     ax.errorbar(kl["mean"], rec["mean"], xerr=kl["std"].fillna(0), yerr=rec["std"].fillna(0), marker="o",
                 linestyle="-", capsize=3)
-    for value, x, y in zip(kl["value"], kl["mean"], rec["mean"]):
-        ax.annotate(f"{value:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    for i, (value, x, y) in enumerate(zip(kl["value"], kl["mean"], rec["mean"])):
+        # alternate sides, so that labels of nearby points (a collapsed grid sits at one spot) do not overprint
+        ax.annotate(f"{value:g}", (x, y), textcoords="offset points", xytext=(6, 6 - 14 * (i % 2)), fontsize=9,
+                    arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.5))
     base = _baseline(runs, experiment, "valid.rec")
     if base is not None:
-        ax.axhline(base, color="0.4", linestyle="--", linewidth=1, label="LM baseline NLL")
+        _draw_baseline(ax, base, label="LM baseline NLL")
         ax.legend(loc="best")
     ax.set_xlabel("rate: KL (nats/sequence)")
     ax.set_ylabel("distortion: Rec (nats/sequence)")
-    ax.set_title(f"{experiment}: rate-distortion plane (labels: {factor_label})")
+    ax.set_title(f"Rate against distortion (points labelled with {factor_label})")
     fig.tight_layout()
     return fig
 
 
 def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, factor_label: str,
-                    keys=("val/kl", "val/au")):
-    """Validation KL and active units over training, one line per setting (mean over seeds, ± std band)."""
+                    keys=("val/nll_bound_per_token", "val/kl", "val/au")):
+    """The validation bound (where a plateau shows), KL and active units over training, one line per
+    setting (mean over seeds, ± std band), the LM's bound dashed."""
     vae = runs[(runs.experiment == experiment) & (runs.kind != BASELINE)][["run_id", "value"]]
     curves = history.merge(vae.rename(columns={"value": "setting"}), on="run_id")
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False)
@@ -99,13 +131,22 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
             colour = cmap(i / max(1, len(values) - 1))
             ax.plot(stats.index, stats["mean"], color=colour, label=f"{value:g}")
             if stats["std"].notna().any():   # seeds as a band of ± one std
-                ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
-                                color=colour, alpha=0.2, linewidth=0)
+                low = stats["mean"] - stats["std"]
+                ax.fill_between(stats.index, low.clip(lower=0) if key == "val/au" else low,
+                                stats["mean"] + stats["std"], color=colour, alpha=0.2, linewidth=0)
+        if key == "val/nll_bound_per_token":
+            lm = runs[(runs.experiment == experiment) & (runs.kind == BASELINE)][["run_id"]]
+            points = history[(history.key == key) & history.run_id.isin(lm.run_id)]
+            if not points.empty:
+                ax.plot(*zip(*points.groupby("step")["value"].mean().items()), color="0.35", linestyle="--",
+                        linewidth=1, label="LM")
+        if key in ("val/au", "val/kl"):
+            ax.set_ylim(bottom=0)
         ax.set_xlabel("training step")
         ax.set_ylabel(metric(key).axis)
     axes.flat[-1].legend(title=factor_label, loc="best", ncol=2)
     seeds = runs.loc[runs.experiment == experiment, "seed"].nunique()
-    fig.suptitle(f"{experiment}: collapse or use of the latent during training (mean ± std over {seeds} "
+    fig.suptitle(f"Training: the validation bound, KL and active units (mean ± std over {seeds} "
                  f"seed{'s' * (seeds > 1)})")
     fig.tight_layout()
     return fig
@@ -122,19 +163,26 @@ def posterior_means(means: pd.DataFrame, runs: pd.DataFrame, experiment: str, *,
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.3 * nrows), squeeze=False,
                              layout="constrained")
     classes = sorted(means[label].dropna().unique())
-    cmap = plt.get_cmap("coolwarm", len(classes)) if len(classes) <= 10 else plt.get_cmap("viridis")
+    discrete = len(classes) <= 10
+    cmap = plt.get_cmap("coolwarm", len(classes)) if discrete else plt.get_cmap("viridis")
     for ax, (value, points) in zip(axes.flat, panels):
-        scatter = ax.scatter(points.pc1, points.pc2, c=points[label], s=6, cmap=cmap, alpha=0.7,
-                             vmin=min(classes), vmax=max(classes))
+        if discrete:   # a label with few classes: one colour each, named in a legend
+            for i, cls in enumerate(classes):
+                part = points[points[label] == cls]
+                ax.scatter(part.pc1, part.pc2, s=6, alpha=0.7, color=cmap(i), label=f"{label} {cls:g}")
+        else:
+            scatter = ax.scatter(points.pc1, points.pc2, c=points[label], s=6, cmap=cmap, alpha=0.7)
         ax.set_title(f"{symbol} = {value:g}")
         ax.set_xlabel("PC 1 of μ")
         ax.set_ylabel("PC 2 of μ")
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    bar = fig.colorbar(scatter, ax=axes, label=label, shrink=0.6)
-    if len(classes) <= 10:
-        bar.set_ticks(classes)
-    fig.suptitle(f"{experiment}: posterior means of {len(panels[0][1])} validation sentences (first seed)")
+    if discrete:
+        axes.flat[0].legend(loc="best", markerscale=2, fontsize=8)
+    else:
+        fig.colorbar(scatter, ax=axes, label=label, shrink=0.6)
+    fig.suptitle(f"Posterior means of {len(panels[0][1])} validation sentences, first seed (first two principal "
+                 f"components of μ, each panel its own)")
     return fig
 
 

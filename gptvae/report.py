@@ -9,6 +9,7 @@ agree with the notebooks. Labels and symbols come from the specs, names and digi
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,7 @@ from gptvae.catalog import TABLE
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
 from gptvae.results import format_table, load_results, load_sentences, summarize
-from gptvae.stats import paired, verdict
+from gptvae.stats import Interval, paired, verdict
 from gptvae.sweep import SweepSpec, load_specs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,6 +205,17 @@ def overview_table(runs: pd.DataFrame) -> str:
 APPENDIX_MARK = "<!-- appendix: run ids -->"
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A paired difference and the word it licenses, as the paper prints them."""
+
+    interval: Interval
+    word: str
+
+    def __str__(self) -> str:
+        return self.interval.format(3, signed=True)
+
+
 class PaperContext:
     """What paper/paper.md may call: tables, figures, single numbers with their run ids, the appendix."""
 
@@ -250,6 +262,40 @@ class PaperContext:
             return False
         return True
 
+    def const(self, key: str, experiment: str | None = None, *, kind: str = "vae"):
+        """A setup constant from the runs' logged configs (e.g. 'model.dim', 'train.steps'): the one value
+        every run of that kind (in that experiment) logged; two values are an error, never a guess."""
+        rows = self.runs if experiment is None else self.runs[self.runs.experiment == experiment]
+        rows = rows[rows.kind == kind] if kind else rows
+        if key not in rows or rows[key].isna().all():
+            raise KeyError(f"no logged {key} in the exported runs")
+        values = rows[key].dropna().unique()
+        if len(values) > 1:
+            raise KeyError(f"the exported runs logged {key} as {sorted(map(str, values))}: not one constant")
+        value = values[0]
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    def compare(self, experiment: str, setting, against="reference", *, column: str = "iw_nll",
+                per_token: bool = True, split: str = "valid", higher_is_worse: bool = True) -> "Comparison":
+        """The paired difference setting - against (against: "reference", "lm", or another setting) of a
+        per-sentence column, with its interval and the word it licenses; run ids recorded for the appendix."""
+        spec = self.specs[experiment]
+        runs = self.runs[self.runs.experiment == experiment]
+
+        def rows_of(which):
+            if which == "lm" or which is None:
+                return runs[runs.kind == BASELINE]
+            value = spec.reference_value if which == "reference" else which
+            return runs[(runs.kind != BASELINE) & (runs.setting.astype(str) == str(value))]
+
+        a, b = rows_of(setting), rows_of(against)
+        if a.empty or b.empty:
+            raise KeyError(f"{experiment}: no exported runs for {setting!r} or {against!r}")
+        self.cited.setdefault(experiment, set()).update(a.run_id, b.run_id)
+        diff = paired(_per_seed(a, self.where["results"], split), _per_seed(b, self.where["results"], split),
+                      column, per_token=per_token)
+        return Comparison(diff, verdict(diff, margin=MARGIN, higher_is_worse=higher_is_worse))
+
     def has(self, experiment: str) -> bool:
         return bool((self.runs.experiment == experiment).any())
 
@@ -290,7 +336,8 @@ def render_paper(source: Path, out_dir: Path, *, where: dict[str, Path] | None =
                              lstrip_blocks=True)
     template = env.from_string(source.read_text())
     body = template.render(table=ctx.table, figure=ctx.figure, value=ctx.value, seeds=ctx.seeds, has=ctx.has,
-                           has_value=ctx.has_value, count=ctx.count, ablations=ctx.ablations)
+                           has_value=ctx.has_value, count=ctx.count, ablations=ctx.ablations, const=ctx.const,
+                           compare=ctx.compare)
     text = body.replace(APPENDIX_MARK, ctx.appendix())   # after rendering: only then are all citations known
     md_path = atomic_write_text(out_dir / "paper.md", text)
     html = markdown.markdown(text, extensions=["tables", "toc", "fenced_code"])

@@ -143,3 +143,29 @@ def test_the_comparison_table_words_follow_the_data(tmp_path):
     unestimable = comparison_table(synthetic_results(tmp_path / "c", {0.0: 0.0, None: 0.0}, ess=1.2), spec,
                                    tmp_path / "c")
     assert "n/a: ESS 1.2 of 64" in row(unestimable, "λ = 0")
+
+
+def test_the_papers_words_come_from_the_intervals_and_constants_from_the_configs(tmp_path):
+    """A sentence of the paper rendered from two made-up studies, the second with the effect reversed."""
+    import jinja2
+
+    from gptvae.report import PaperContext
+    from gptvae.results import FILES
+
+    template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
+        "A floor of 1 {{ compare('ablation-kl-floor', 1.0).word }} likelihood "
+        "({{ compare('ablation-kl-floor', 1.0) }} nats/token); against the LM, λ = 0 "
+        "{{ compare('ablation-kl-floor', 0.0, 'lm').word }} it. K = {{ const('valid.iw_samples') }}.")
+    texts = []
+    for name, offset in (("up", 3.0), ("down", -3.0)):
+        folder = tmp_path / name
+        runs = synthetic_results(folder, {0.0: 0.0, 1.0: offset, None: 0.0})
+        runs.to_csv(folder / "runs.csv", index=False)
+        for other in FILES[1:]:
+            pd.DataFrame({"run_id": []}).to_csv(folder / other, index=False)
+        where = {"results": folder, "tables": folder, "figures": folder,
+                 "experiments": __import__("pathlib").Path(__file__).parents[1] / "experiments"}
+        ctx = PaperContext(where, folder)
+        texts.append(template.render(compare=ctx.compare, const=ctx.const))
+    assert texts[0].startswith("A floor of 1 costs likelihood (+0.2") and "λ = 0 ties it. K = 64." in texts[0]
+    assert texts[1].startswith("A floor of 1 buys likelihood (-0.2")
