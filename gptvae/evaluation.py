@@ -41,7 +41,7 @@ class Report:
 
 
 def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, progress: bool = False,
-                     splits=None, untrained: bool = True) -> Report:
+                     splits=None, untrained: bool = True, init_seed: int | None = None) -> Report:
     """REFERENCE 3 metrics on each configured split, with the measures of use:
 
     - MI over the whole split (or eval.mi_sequences of it; MI_REPEATS draws: mean, noise, ceiling log N);
@@ -72,7 +72,7 @@ def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, prog
             for key, values in scores.sentences.items():
                 sentences[key] = values
             if untrained and split.labels:
-                untrained_model = untrained_model or initial_model(cfg, corpus)
+                untrained_model = untrained_model or initial_model(cfg, corpus, seed=init_seed)
                 metrics.update(untrained_probes(untrained_model, cfg, probe, split, autocast=autocast))
         report.metrics.update({f"{name}.{k}": v for k, v in metrics.items()})   # counts stay ints
         report.sentences[name] = sentences
@@ -115,10 +115,11 @@ def reconstruction_bleu(model, split: Split, vocab, *, max_new_tokens: int, batc
     return Scores(metrics, sentences)
 
 
-def initial_model(cfg: Config, corpus: Corpus):
-    """The run's model as it was before its first step: the same architecture and seed, untrained."""
+def initial_model(cfg: Config, corpus: Corpus, *, seed: int | None = None):
+    """The run's model as it was before its first step: the same architecture and seed (train.seed
+    unless given), untrained."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed if seed is None else seed)
         model = build_model(cfg.model, num_tokens=len(corpus.vocab)).to(pick_device(None))
     return model.eval()
 
@@ -246,7 +247,7 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
 
     device = model_device(model)
     autocast = cfg.train.autocast and bf16_is_fast(device) and not fp32
-    report = final_evaluation(model, corpus, cfg, autocast=autocast, progress=True)
+    report = final_evaluation(model, corpus, cfg, autocast=autocast, progress=True, init_seed=run_seed)
     result = {prefix + key[len(split):]: value for key, value in report.metrics.items()}
     with tempfile.TemporaryDirectory() as tmp:   # the per-sentence tables first: the metrics mark it done
         for name, frame in report.files().items():
@@ -266,21 +267,23 @@ def k_sweep_logged_run(run_id: str, *, split: str = "valid", ks=KSWEEP, max_sequ
                        seed: int | None = None, tracker: Tracker | None = None) -> pd.DataFrame:
     """IW-NLL at every K in `ks` from one set of max(ks) importance samples (the estimate at K uses the
     first K), on a seeded subset of `split`; logged into the run as the artifact ksweep_<split>.csv
-    (K, iw_nll, iw_nll_per_token, n_sequences, n_tokens), never twice. Returns that table."""
+    (K, iw_nll, iw_nll_per_token, n_sequences, n_tokens), named by its protocol
+    (ksweep_<split>_n<N>_s<seed>_k<K-K-...>.csv), never twice. Returns that table."""
     ks = sorted({int(k) for k in ks})
     require(bool(ks) and ks[0] >= 1, "--k-sweep", ks, "importance-sample counts K >= 1, e.g. 1,10,100,1000")
     require(max_sequences is None or max_sequences >= 1, "--max-sequences", max_sequences,
             "a number of sequences >= 1, or all")
     tracker = tracker or Tracker()
-    name = f"ksweep_{split}.csv"
+    model, corpus, cfg, _ = load_run(run_id, tracker=tracker)
+    seed = cfg.train.seed if seed is None else seed
+    n = len(subset(corpus.splits[split], max_sequences, seed=VALIDATION_SEED))
+    name = f"ksweep_{split}_n{n}_s{seed}_k{'-'.join(map(str, ks))}.csv"   # the protocol, so none is reused for another
     with tempfile.TemporaryDirectory() as tmp:
         if name in {a.path for a in tracker.call(tracker.client.list_artifacts, run_id)}:
             return pd.read_csv(tracker.call(tracker.client.download_artifacts, run_id, name, tmp))
-        model, corpus, cfg, _ = load_run(run_id, tracker=tracker)
         data = subset(corpus.splits[split], max_sequences, seed=VALIDATION_SEED)
         device = model_device(model)
-        curve = iw_nll_curve(model, data, ks, max_tokens=cfg.eval.batch_tokens,
-                             seed=cfg.train.seed if seed is None else seed,
+        curve = iw_nll_curve(model, data, ks, max_tokens=cfg.eval.batch_tokens, seed=seed,
                              autocast=cfg.train.autocast and bf16_is_fast(device), progress=True)
         path = atomic_write_csv(Path(tmp) / name, curve)
         tracker.log_artifact(run_id, path)

@@ -8,6 +8,7 @@ agree with the notebooks. Labels and symbols come from the specs, names and digi
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +214,7 @@ class Comparison:
     word: str
 
     def __str__(self) -> str:
-        return self.interval.format(3, signed=True)
+        return self.word if math.isnan(self.interval.estimate) else self.interval.format(3, signed=True)
 
 
 class PaperContext:
@@ -292,6 +293,9 @@ class PaperContext:
         if a.empty or b.empty:
             raise KeyError(f"{experiment}: no exported runs for {setting!r} or {against!r}")
         self.cited.setdefault(experiment, set()).update(a.run_id, b.run_id)
+        reason = column == "iw_nll" and (_not_estimable(a, split) or _not_estimable(b, split))
+        if reason:   # no estimate, no word
+            return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), reason)
         diff = paired(_per_seed(a, self.where["results"], split), _per_seed(b, self.where["results"], split),
                       column, per_token=per_token)
         return Comparison(diff, verdict(diff, margin=MARGIN, higher_is_worse=higher_is_worse))

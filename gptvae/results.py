@@ -73,7 +73,7 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
             # a linked child stands for the run it reuses: that run's id, numbers and checkpoint
             source = tracker.run(tags[TAG_SAME_AS]) if TAG_SAME_AS in tags else run
             params = source.data.params
-            setting = "" if kind == BASELINE else params[factor]
+            setting = "" if kind == BASELINE else str(params[factor])
             rows.append({
                 "started": run.info.start_time,
                 "experiment": exp.name, "factor": factor,
@@ -149,13 +149,15 @@ def _artifact(tracker: Tracker, run_id: str, name: str, folder: Path, logged=Non
     return pd.read_csv(tracker.call(tracker.client.download_artifacts, run_id, name, str(folder)))
 
 
-def collect_artifacts(tracker: Tracker, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def collect_artifacts(tracker: Tracker, runs: pd.DataFrame, *, everything: pd.DataFrame | None = None
+                      ) -> dict[str, pd.DataFrame]:
     """From the artifacts each run logged: per-sentence and per-unit tables of every run; posterior-mean
     projections and decoded samples of the first seed of every setting.
 
     Returns {"units": ..., "posterior_means": ..., "samples": ..., "sentences/<run id>.<split>.csv": ...}.
     """
-    first_seed = runs[runs.seed == runs.groupby(["experiment", "kind", "value"], dropna=False).seed.transform("min")]
+    every = runs if everything is None else everything   # "first seed" among all exported runs, not this store's
+    first_seed = every[every.seed == every.groupby(["experiment", "kind", "value"], dropna=False).seed.transform("min")]
     firsts = set(first_seed.run_id)
     means, samples, units, missing = [], [], [], []
     out: dict[str, pd.DataFrame] = {}
@@ -216,8 +218,15 @@ def merge_by_run(old: pd.DataFrame | None, new: pd.DataFrame, *, key=None) -> pd
         return new
     kept = old[~old.run_id.isin(set(new.run_id))]
     if key is not None and not new.empty:
-        taken = set(map(tuple, kept[key].astype(str).to_numpy()))
-        new = new[[tuple(row) not in taken for row in new[key].astype(str).to_numpy()]]
+        taken = {tuple(row[:-1]): row[-1] for row in kept[[*key, "config_hash"]].astype(str).to_numpy()}
+        rows = [tuple(row) for row in new[[*key, "config_hash"]].astype(str).to_numpy()]
+        clash = next((row for row in rows if row[:-1] in taken and taken[row[:-1]] != row[-1]), None)
+        if clash is not None:
+            raise ResultsMissingError(
+                f"the export already holds {', '.join(clash[:-1])} trained under config {taken[clash[:-1]]}, and "
+                f"the store has it under {clash[-1]}: two versions of the study. Move the old results aside "
+                "before exporting the new one into their folder")
+        new = new[[row[:-1] not in taken for row in rows]]
     frame = pd.concat([kept, new], ignore_index=True)
     return frame
 
@@ -227,6 +236,7 @@ def _check_one_config_per_setting(runs: pd.DataFrame, out: Path) -> None:
     studies; merged, their seeds would be averaged together. Refuse, naming them."""
     if runs.empty:
         return
+    runs = runs.assign(setting=runs.setting.fillna("").astype(str))
     counts = runs.groupby(["experiment", "kind", "setting"], dropna=False).config_hash.nunique()
     mixed = counts[counts > 1]
     if not mixed.empty:
@@ -260,7 +270,7 @@ def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, prese
     runs = runs.sort_values(["experiment", "kind", "value", "seed"], ascending=[True, False, True, True],
                             na_position="last").reset_index(drop=True)
     fresh = runs[runs.run_id.isin(set(stored.run_id))]   # what this store adds or updates
-    artifacts = collect_artifacts(tracker, fresh)
+    artifacts = collect_artifacts(tracker, fresh, everything=runs)
     frames = {
         "runs.csv": runs,
         "history.csv": merge_by_run(old.get("history.csv"), collect_history(tracker, fresh.run_id.unique())),
@@ -299,7 +309,8 @@ def load_sentences(results_dir: str | Path, run_id: str, split: str) -> pd.DataF
 def read_csv(path: Path) -> pd.DataFrame:
     """An exported file as it was written: only empty cells are missing ("None", a logged config value,
     stays text), so that reading and writing it again gives the same bytes."""
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""], converters={"setting": str})
+    return frame
 
 
 def summarize(runs: pd.DataFrame, experiment: str, metrics: list[str]) -> pd.DataFrame:

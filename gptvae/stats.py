@@ -13,7 +13,7 @@ from a two-level bootstrap: resample the seeds, then within each the sentences, 
 Everything is seeded, so the same files give the same intervals, byte for byte.
 
 With three seeds, resampling seeds sees only three values of the seed effect: the intervals are
-honest about the sentences and optimistic about the seeds. The paper says so where it prints them.
+optimistic about the seeds. The paper says so where it prints them.
 """
 
 from __future__ import annotations
@@ -51,41 +51,53 @@ class Interval:
         return self.low > 0 or self.high < 0
 
 
-def _paired_arrays(a: pd.DataFrame, b: pd.DataFrame | None, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(per-sentence value of a minus b, tokens), on the sentences both were evaluated on."""
-    if b is None:
-        return a[column].to_numpy(np.float64), a["tokens"].to_numpy(np.float64)
-    both = a[["sentence", "tokens", column]].merge(b[["sentence", column]], on="sentence", suffixes=("", "_ref"))
-    if len(both) == 0:
-        raise ValueError(f"no sentence in common: the two runs were evaluated on different sentences ({column})")
-    return (both[column] - both[f"{column}_ref"]).to_numpy(np.float64), both["tokens"].to_numpy(np.float64)
+def _aligned(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, column: str, seeds: list[int]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(differences, tokens), both (seeds, sentences): a - b (a alone when b is None) on the sentences
+    every frame holds, in one order, so that a resampled sentence is the same sentence in every seed."""
+    frames = [a[s] for s in seeds] + ([b[s] for s in seeds] if b is not None else [])
+    common = set(frames[0]["sentence"])
+    for frame in frames[1:]:
+        common &= set(frame["sentence"])
+    if not common:
+        raise ValueError(f"no sentence in common: the runs were evaluated on different sentences ({column})")
+    order = np.array(sorted(common))
+
+    def column_of(frame, name):
+        return frame.set_index("sentence").loc[order, name].to_numpy(np.float64)
+
+    diff = np.stack([column_of(a[s], column) - (column_of(b[s], column) if b is not None else 0.0) for s in seeds])
+    tokens = np.stack([column_of(a[s], "tokens") for s in seeds])
+    return diff, tokens
 
 
 def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, column: str, *, per_token: bool,
            draws: int = DRAWS, seed: int = SEED) -> Interval:
     """Mean over seeds of the per-seed statistic of a - b (of a alone when b is None), with a 95%
-    percentile interval from resampling seeds and, within each, sentences.
+    percentile interval from a two-level bootstrap: each draw resamples the seeds, and the sentences
+    once for all seeds (every run is scored on the same sentences, so a sentence's own difficulty is
+    shared by the seeds and must be resampled as one).
 
     The per-seed statistic is sum(a - b) / sum(tokens) when per_token, else the mean over sentences.
-    Only seeds present in both are used: a pair needs both members.
+    Only seeds present in both, and sentences present in every run, are used.
     """
     seeds = sorted(set(a) if b is None else set(a) & set(b))
     if not seeds:
         raise ValueError(f"no seed in common between the two settings ({column})")
+    diff, tokens = _aligned(a, b, column, seeds)
+    weight = tokens if per_token else np.ones_like(diff)
+    estimate = float(np.mean(diff.sum(1) / weight.sum(1)))
     rng = np.random.default_rng(seed)
-    per_seed, boot = [], np.empty((len(seeds), draws))
-    sizes = []
-    for s_i, s in enumerate(seeds):
-        diff, tokens = _paired_arrays(a[s], None if b is None else b[s], column)
-        weight = tokens if per_token else np.ones_like(diff)
-        per_seed.append(diff.sum() / weight.sum())
-        index = rng.integers(0, len(diff), size=(draws, len(diff)))
-        boot[s_i] = diff[index].sum(1) / weight[index].sum(1)
-        sizes.append(len(diff))
-    chosen = rng.integers(0, len(seeds), size=(draws, len(seeds)))   # seeds resampled, one set per draw
-    stats = boot[chosen, np.arange(draws)[:, None]].mean(1)
+    n, k = diff.shape[1], len(seeds)
+    stats = np.empty(draws)
+    for d0 in range(0, draws, 200):   # in blocks, so that (seeds, block, sentences) stays small
+        d1 = min(draws, d0 + 200)
+        index = rng.integers(0, n, size=(d1 - d0, n))                               # sentences, shared by seeds
+        per_seed = diff[:, index].sum(2) / weight[:, index].sum(2)                    # (seeds, block)
+        chosen = rng.integers(0, k, size=(d1 - d0, k))                               # seeds, resampled
+        stats[d0:d1] = per_seed[chosen, np.arange(d1 - d0)[:, None]].mean(1)
     low, high = np.quantile(stats, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return Interval(float(np.mean(per_seed)), float(low), float(high), len(seeds), int(min(sizes)))
+    return Interval(estimate, float(low), float(high), k, n)
 
 
 def over_seeds(values) -> Interval:

@@ -143,8 +143,8 @@ def sweep_key(spec: SweepSpec, preset_name: str, dataset: str, overrides) -> str
     return f"{spec.name}|{preset_name}|{dataset}|{'|'.join(sorted(overrides))}"
 
 
-def exported_runs(results: str | Path | None) -> dict[tuple[str, int], str]:
-    """(config hash, seed) -> run id of every run already exported to results/runs.csv (none without it).
+def exported_runs(results: str | Path | None, experiment: str) -> dict[tuple[str, int], str]:
+    """(config hash, seed) -> run id of every run of `experiment` already exported to results/runs.csv.
 
     A study trained in pieces on machines whose stores are lost in between: what an earlier piece
     exported (and committed) is not trained again."""
@@ -153,7 +153,8 @@ def exported_runs(results: str | Path | None) -> dict[tuple[str, int], str]:
         return {}
     import pandas as pd
 
-    runs = pd.read_csv(path, usecols=["config_hash", "seed", "run_id"], dtype={"config_hash": str})
+    runs = pd.read_csv(path, usecols=["experiment", "config_hash", "seed", "run_id"], dtype={"config_hash": str})
+    runs = runs[runs.experiment == experiment]
     return {(h, int(seed)): run_id for h, seed, run_id in zip(runs.config_hash, runs.seed, runs.run_id)}
 
 
@@ -200,7 +201,7 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
 
     # everything that can be checked is checked before the store is touched
     runs = plan_runs(spec, preset_name=preset_name, dataset=dataset, seeds=seeds, overrides=overrides)
-    exported = exported_runs(results)
+    exported = exported_runs(results, spec.experiment)
     skipped = [{"name": run.name, "kind": run.kind, "value": run.value, "seed": run.seed,
                 "run_id": exported[run.config_hash, run.seed], "status": f"exported in {results}"}
                for run in runs if (run.config_hash, run.seed) in exported]

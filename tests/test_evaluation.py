@@ -93,7 +93,7 @@ def test_evaluate_command_logs_into_the_same_run(tmp_path, monkeypatch, capsys):
     assert metrics["test_k4_n16_fp32.iw_nll"] == pytest.approx(metrics["test.iw_nll"], rel=1e-12)
     # the K sweep: one table, logged once
     assert main(["evaluate", row["run_id"], "--split", "valid", "--k-sweep", "1,4,16", "--max-sequences", "8"]) == 0
-    assert "ksweep_valid.csv" in {a.path for a in MlflowClient(uri).list_artifacts(row["run_id"])}
+    assert "ksweep_valid_n8_s0_k1-4-16.csv" in {a.path for a in MlflowClient(uri).list_artifacts(row["run_id"])}
     assert main(["evaluate", "--experiment", "no-such-experiment"]) == 2
     assert main(["evaluate", "no-such-run"]) == 2
     assert "not in the store" in capsys.readouterr().err

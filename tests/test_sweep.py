@@ -237,3 +237,18 @@ def test_a_study_trained_in_pieces_on_two_machines_adds_up_in_the_export(tmp_pat
     before = {name: (results / name).read_bytes() for name in FILES}
     export_results(results, tracker=second, preset="smoke")   # the same store again: the same bytes
     assert {name: (results / name).read_bytes() for name in FILES} == before
+
+
+def test_an_export_refuses_to_merge_two_versions_of_a_study():
+    """The same setting and seed under another config (a changed preset) is not silently dropped or mixed."""
+    import pandas as pd
+
+    from gptvae.errors import ResultsMissingError
+    from gptvae.results import RUN_KEY, merge_by_run
+
+    old = pd.DataFrame([{"experiment": "ablation-x", "kind": "vae", "value": 0.5, "seed": 0, "run_id": "a",
+                         "config_hash": "h1"}])
+    same = old.assign(run_id="b")
+    assert list(merge_by_run(old, same, key=RUN_KEY).run_id) == ["a"]   # the committed run stands
+    with pytest.raises(ResultsMissingError, match="two versions of the study"):
+        merge_by_run(old, same.assign(config_hash="h2"), key=RUN_KEY)
