@@ -121,9 +121,15 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
     return ("\n".join(lines) + "\n\n" + f"Nats per token on {split} ({_sentences(data)} sentences per run): the mean over "
             f"seeds with a 95% interval from a bootstrap over seeds and sentences; differences are paired per seed and "
             f"per sentence. Words: *costs* / *buys* when the interval excludes 0, *ties* when it lies within "
-            f"±{MARGIN} nats/token, else *not resolved*. With 3 seeds the interval is honest about the sentences and "
-            f"optimistic about the seeds. An IW-NLL whose importance weights have a median effective sample size "
+            f"±{MARGIN} nats/token, else *not resolved*. With {_seed_count(data)} seed(s), resampling seeds sees "
+            f"few values of the seed effect: the intervals are optimistic about seeds. An IW-NLL whose importance "
+            f"weights have a median effective sample size "
             f"below {ESS_FLOOR:g} is not an estimate and prints as n/a.\n")
+
+
+def _seed_count(data) -> str:
+    counts = {len(seeds) for seeds in data.values() if seeds}
+    return "/".join(str(n) for n in sorted(counts)) or "0"
 
 
 def _sentences(data) -> str:
