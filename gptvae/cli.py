@@ -89,9 +89,10 @@ def cmd_sweep(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from gptvae.errors import ConfigError
-    from gptvae.evaluation import evaluate_logged_run, k_sweep_logged_run
+    from gptvae.evaluation import check_protocol, evaluate_logged_run, k_sweep_logged_run
     from gptvae.tracking import Tracker
 
+    check_protocol(iw_samples=args.iw_samples, max_sequences=args.max_sequences, seed=args.seed)   # before any store
     tracker = Tracker()
     run_ids = list(args.run_id)
     if args.experiment:

@@ -206,6 +206,15 @@ def load_run(run: str, *, tracker: Tracker | None = None, device=None):
     return model, corpus, cfg, run_id
 
 
+def check_protocol(*, iw_samples: int, max_sequences: int | None, seed: int | None) -> None:
+    """One clear error for an evaluation protocol that cannot be run, before anything is opened."""
+    require(isinstance(iw_samples, int) and iw_samples >= 1, "--iw-samples", iw_samples,
+            "a number of importance samples K >= 1 (reported numbers use 500)")
+    require(max_sequences is None or max_sequences >= 2, "--max-sequences", max_sequences,
+            "a number of sequences >= 2 (MI and active units compare sequences), or all")
+    require(seed is None or seed >= 0, "--seed", seed, "an integer >= 0")
+
+
 def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 500, max_sequences: int | None = None,
                         seed: int | None = None, fp32: bool = False, tracker: Tracker | None = None
                         ) -> dict[str, float]:
@@ -219,11 +228,7 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
     nothing and returns its logged numbers. fp32 evaluates without bf16 autocast, always under its own
     keys "<split>_k<K>_n<N>[_s<seed>]_fp32.<metric>": the check of the bf16 numbers.
     """
-    require(isinstance(iw_samples, int) and iw_samples >= 1, "--iw-samples", iw_samples,
-            "a number of importance samples K >= 1 (reported numbers use 500)")
-    require(max_sequences is None or max_sequences >= 2, "--max-sequences", max_sequences,
-            "a number of sequences >= 2 (MI and active units compare sequences), or all")
-    require(seed is None or seed >= 0, "--seed", seed, "an integer >= 0")
+    check_protocol(iw_samples=iw_samples, max_sequences=max_sequences, seed=seed)
     tracker = tracker or Tracker()
     model, corpus, cfg, _ = load_run(run_id, tracker=tracker)
     run_seed = cfg.train.seed

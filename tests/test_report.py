@@ -34,10 +34,11 @@ def exported(tmp_path_factory):
 def test_export_writes_every_file_with_run_ids(exported):
     where, counts, tracker = exported
     assert set(counts) == set(FILES) | {"sentences"} and all(n > 0 for n in counts.values())
-    assert counts["sentences"] == 7 * 2   # every run, on both splits it was evaluated on
+    spec = load_spec(ROOT / "experiments" / "kl_floor.toml")
+    assert counts["sentences"] == (len(spec.values) + 1) * 2   # every run, on both splits it was evaluated on
     results = load_results(where["results"])
     runs = results["runs"]
-    assert len(runs) == 7 and set(runs.kind) == {"vae", "lm"} and set(runs.seed) == {0}
+    assert len(runs) == len(spec.values) + 1 and set(runs.kind) == {"vae", "lm"} and set(runs.seed) == {0}
     known = set(runs.run_id)
     for name in ("history", "posterior_means", "samples", "units"):
         assert set(results[name].run_id) <= known
