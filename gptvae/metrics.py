@@ -101,6 +101,13 @@ def log_likelihood_samples(model, x: Tensor, z: Tensor, *, chunk_size=None, auto
 
 # importance-weighted NLL (Burda et al. 2015)
 
+def _log_weights(model, posterior_w: Posterior, z: Tensor, ll: Tensor) -> Tensor:
+    """log p(x|z) + log p(z) - log q(z|x) for samples z (S, B, ...), in the dtype of posterior_w: the
+    weights from the very z the decoder saw (prior plus, posterior minus)."""
+    z_w = z.to(posterior_w.mean.dtype)
+    return ll.to(z_w.dtype) + model.prior.log_prob(z_w) - posterior_w.log_prob(z_w)
+
+
 def importance_weighted_nll_from_posterior(model, x: Tensor, posterior: Posterior, num_samples: int, **kwargs) -> Tensor:
     """-log p(x) ~= -(logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K), (B,), float64.
 
@@ -144,8 +151,7 @@ def importance_weighted_estimate(
         ll = log_likelihood_samples(model, x, z, chunk_size=chunk_size, autocast=autocast)
 
         # weights from the very z the decoder saw, in wide precision
-        z_w = z.to(wide)
-        log_w = ll.to(wide) + model.prior.log_prob(z_w) - posterior_w.log_prob(z_w)
+        log_w = _log_weights(model, posterior_w, z, ll)
         running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
         running_sq = torch.logaddexp(running_sq, torch.logsumexp(2 * log_w, dim=0))
 
@@ -200,9 +206,7 @@ def iw_nll_curve(model, split, ks, *, max_tokens: int = 4096, seed: int = 0, aut
             chunk = max(1, IW_CHUNK_TOKENS // tokens.shape[1])
             z = posterior.sample(k_max, generator=generator)                          # (K, B, ...)
             ll = log_likelihood_samples(model, tokens, z, chunk_size=chunk, autocast=autocast)
-            wide = ll.dtype
-            z_w = z.to(wide)
-            log_w = ll + model.prior.log_prob(z_w) - posterior.to(wide).log_prob(z_w)  # (K, B)
+            log_w = _log_weights(model, posterior.to(ll.dtype), z, ll)                 # (K, B)
             for i, k in enumerate(ks):
                 sums[i] += -(torch.logsumexp(log_w[:k], dim=0) - math.log(k)).sum().cpu()
     num = len(split)

@@ -309,8 +309,7 @@ def load_sentences(results_dir: str | Path, run_id: str, split: str) -> pd.DataF
 def read_csv(path: Path) -> pd.DataFrame:
     """An exported file as it was written: only empty cells are missing ("None", a logged config value,
     stays text), so that reading and writing it again gives the same bytes."""
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""], converters={"setting": str})
-    return frame
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], converters={"setting": str})
 
 
 def summarize(runs: pd.DataFrame, experiment: str, metrics: list[str]) -> pd.DataFrame:
