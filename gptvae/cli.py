@@ -75,7 +75,8 @@ def cmd_sweep(args) -> None:
         runs = plan_runs(spec, preset_name=args.preset, dataset=args.dataset, seeds=seeds, overrides=args.overrides)
         tracker = Tracker() if store_exists(tracking_uri()) else None   # a store not yet made holds nothing
         rows = plan_status(runs, experiment=spec.experiment, runs_root=args.runs_root, tracker=tracker,
-                           exported=exported_runs(args.results, spec.experiment))
+                           exported=exported_runs(args.results, spec.experiment),
+                           elsewhere=exported_runs(args.results))
         print(f"{spec.experiment} ({args.preset}, {runs[0].cfg.data.dataset}): {len(rows)} planned runs, "
               f"{sum(r['status'] in ('to train', 'to resume') for r in rows)} to train\n")
         print(format_plan(rows))

@@ -38,7 +38,7 @@ __all__ = [
     "PAD", "BOS", "EOS", "UNK", "SPECIALS", "DATASETS", "SPLITS", "CHECKSUMS", "SOURCES",
     "DataError", "Vocab", "Split", "Corpus",
     "load_corpus", "load_data", "read_split", "batch_plan", "collate", "subset",
-    "synthetic_sample", "synthetic_exact_nll", "resolve_file", "describe",
+    "synthetic_sample", "synthetic_exact_nll", "resolve_file", "corpus_params", "describe",
 ]
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -597,6 +597,18 @@ def synthetic_exact_nll(text: str) -> float:
 
 
 # summary
+
+def corpus_params(corpus: Corpus, *, batch_tokens: int) -> dict[str, int]:
+    """The corpus as a run logs it (params "data.*"), so that the paper states split sizes and epochs
+    from the runs: sequences per split, predicted tokens of train, and train batches per epoch at
+    this batch size (the cuts depend on the sorted lengths only, so shuffling does not change it)."""
+    out = {f"data.{name}_sequences": len(split) for name, split in corpus.splits.items()}
+    train = corpus.splits.get("train")
+    if train is not None:
+        out["data.train_tokens"] = train.num_tokens
+        out["data.train_batches"] = len(batch_plan(train.lengths, max_tokens=batch_tokens, shuffle=False))
+    return out
+
 
 def describe(name: str, *, data_dir: str | Path | None = None) -> str:
     """Human-readable table of a dataset: per split sequences, predicted tokens, lengths, UNK rate, labels."""

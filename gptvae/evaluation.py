@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from gptvae.config import Config, apply_overrides, config_from_dict, require
-from gptvae.data import BOS, EOS, VALIDATION_SEED, Corpus, Split, collate, load_data, subset, subset_index
+from gptvae.data import (BOS, EOS, VALIDATION_SEED, Corpus, Split, collate, corpus_params, load_data, subset,
+                         subset_index)
 from gptvae.device import autocast_context, bf16_is_fast, model_device, pick_device
 from gptvae.families import build_model
 from gptvae.files import CHECKPOINT, atomic_write_csv, load_checkpoint
@@ -237,6 +238,10 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
                                 "eval.max_sequences": max_sequences, "train.seed": seed}).validate()
     n = len(subset(corpus.splits[split], max_sequences, seed=VALIDATION_SEED))
     params = tracker.params(run_id)
+    corpus_logged = {k: v for k, v in corpus_params(corpus, batch_tokens=cfg.train.batch_tokens).items()
+                     if k not in params}
+    if corpus_logged:   # runs trained before runs logged their corpus: the paper states split sizes from these
+        tracker.log_params(run_id, corpus_logged)
     protocol = (str(iw_samples), str(n), str(seed))
 
     def logged_protocol(prefix: str):

@@ -41,18 +41,24 @@ from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_KIND, TAG_PA
                              TAG_SEED, TAG_VALUES, Tracker)
 
 FILES = ("runs.csv", "history.csv", "units.csv", "posterior_means.csv", "samples.csv")
+OPTIONAL = ("ksweep.csv",)   # written by every export; read as empty from exports made before it existed
 SENTENCES = "sentences"   # the folder of per-sentence files
 CURVES = ("train/loss", "train/kl", "train/rec_per_token", "val/neg_elbo", "val/rec", "val/kl", "val/au",
           "val/nll_bound_per_token", "val/plateau_improvement")   # the curves exported to history.csv
 CONFIG_SECTIONS = ("model", "objective", "data", "train", "eval")   # a run's logged config, in runs.csv
 RUN_KEY = ["experiment", "kind", "value", "seed"]   # one row of runs.csv per setting and seed
+FROM_EXPORT = "from_export"   # collect_runs' mark on a row it took from the earlier export (never written)
 POSTERIOR_POINTS = 500
 
 
-def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | None = None) -> pd.DataFrame:
-    """One row per FINISHED child run of every ablation-* experiment (optionally one preset/dataset)."""
+def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | None = None,
+                 exported: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per FINISHED child run of every ablation-* experiment (optionally one preset/dataset).
+
+    exported: runs.csv of an earlier export. A child linked to a run this store does not hold (a sweep on a
+    fresh store reusing a run that another sweep trained in an earlier piece) takes that run's exported row."""
     client = tracker.client
-    rows = []
+    rows, lost = [], []
     experiments = tracker.call(client.search_experiments)
     names = {exp.experiment_id: exp.name for exp in experiments}
     for exp in experiments:
@@ -71,7 +77,18 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
             factor = ptags[TAG_FACTOR]
             kind = tags.get(TAG_KIND, "vae")
             # a linked child stands for the run it reuses: that run's id, numbers and checkpoint
-            source = tracker.run(tags[TAG_SAME_AS]) if TAG_SAME_AS in tags else run
+            source = tracker.find_run(tags[TAG_SAME_AS]) if TAG_SAME_AS in tags else run
+            if source is None:   # reused from an earlier piece's export, not in this store: its exported row
+                known = exported[exported.run_id == tags[TAG_SAME_AS]] if exported is not None else None
+                if known is None or known.empty:
+                    lost.append(f"{run.info.run_id} -> {tags[TAG_SAME_AS]}")
+                    continue
+                row = known.iloc[0].to_dict()
+                setting = "" if kind == BASELINE else str(row[factor])
+                rows.append({**row, "started": run.info.start_time, "experiment": exp.name, "factor": factor,
+                             "value": np.nan if kind == BASELINE else _value(setting, ptags.get(TAG_VALUES)),
+                             "setting": setting, "parent_run_id": parent.info.run_id, FROM_EXPORT: True})
+                continue
             params = source.data.params
             setting = "" if kind == BASELINE else str(params[factor])
             rows.append({
@@ -87,9 +104,13 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
                 **{k: v for k, v in params.items() if k.split(".", 1)[0] in ("valid", "test")},
                 **{k: v for k, v in source.data.metrics.items() if not k.startswith(("train/", "val/"))},
             })
+    if lost:
+        print(f"warning: {len(lost)} linked run(s) point to runs neither this store nor the export holds, "
+              f"and are not exported: {', '.join(lost)}", file=sys.stderr)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
+    frame[FROM_EXPORT] = frame[FROM_EXPORT].fillna(False).astype(bool) if FROM_EXPORT in frame else False
     # one row per setting and seed: a store can hold two children for one (e.g. an LM row planned under an
     # older config hash and again under today's); the first one made stands, as both are the same model
     frame = frame.sort_values("started", kind="stable").drop_duplicates(["experiment", "kind", "value", "seed"])
@@ -122,7 +143,8 @@ def collect_history(tracker: Tracker, run_ids) -> pd.DataFrame:
         for key in CURVES:
             for m in tracker.call(tracker.client.get_metric_history, run_id, key):
                 rows.append({"run_id": run_id, "key": key, "step": m.step, "value": m.value})
-    return pd.DataFrame(rows).sort_values(["run_id", "key", "step"]).reset_index(drop=True)
+    columns = ["run_id", "key", "step", "value"]
+    return pd.DataFrame(rows, columns=columns).sort_values(columns[:3]).reset_index(drop=True)
 
 
 def pca_2d(x: np.ndarray) -> np.ndarray:
@@ -159,7 +181,7 @@ def collect_artifacts(tracker: Tracker, runs: pd.DataFrame, *, everything: pd.Da
     every = runs if everything is None else everything   # "first seed" among all exported runs, not this store's
     first_seed = every[every.seed == every.groupby(["experiment", "kind", "value"], dropna=False).seed.transform("min")]
     firsts = set(first_seed.run_id)
-    means, samples, units, missing = [], [], [], []
+    means, samples, units, ksweeps, missing = [], [], [], [], []
     out: dict[str, pd.DataFrame] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, run_id in enumerate(runs.run_id.drop_duplicates()):   # a run two sweeps share, once
@@ -174,6 +196,10 @@ def collect_artifacts(tracker: Tracker, runs: pd.DataFrame, *, everything: pd.Da
                 elif stem.startswith("units_"):
                     frame = _artifact(tracker, run_id, name, folder)
                     units.append(frame.assign(run_id=run_id, split=stem.removeprefix("units_")))
+                elif stem.startswith("ksweep_"):   # ksweep_<split>_n<N>_s<seed>_k<K-K-...>: `evaluate --k-sweep`
+                    split, _, seed, _ = stem.removeprefix("ksweep_").rsplit("_", 3)
+                    frame = _artifact(tracker, run_id, name, folder)
+                    ksweeps.append(frame.assign(run_id=run_id, split=split, eval_seed=int(seed[1:])))
             if run_id not in firsts:
                 continue
             decoded = _artifact(tracker, run_id, "samples.csv", folder, logged)
@@ -202,6 +228,10 @@ def collect_artifacts(tracker: Tracker, runs: pd.DataFrame, *, everything: pd.Da
     out["units"] = stacked(units, unit_columns)
     if not out["units"].empty:
         out["units"] = out["units"][unit_columns]
+    ksweep_columns = ["run_id", "split", "eval_seed", "n_sequences", "n_tokens", "K", "iw_nll", "iw_nll_per_token"]
+    out["ksweep"] = stacked(ksweeps, ksweep_columns)
+    if not out["ksweep"].empty:
+        out["ksweep"] = out["ksweep"][ksweep_columns]
     out["posterior_means"] = stacked(means, ["run_id", "row", "pc1", "pc2"])
     out["samples"] = stacked(samples, ["run_id", "section", "text"])
     return out
@@ -216,7 +246,11 @@ def merge_by_run(old: pd.DataFrame | None, new: pd.DataFrame, *, key=None) -> pd
     """
     if old is None or old.empty:
         return new
-    kept = old[~old.run_id.isin(set(new.run_id))]
+    if "experiment" in old and "experiment" in new:   # runs.csv: a run two sweeps share has a row in each
+        mine = pd.MultiIndex.from_frame(new[["experiment", "run_id"]].astype(str))
+        kept = old[~pd.MultiIndex.from_frame(old[["experiment", "run_id"]].astype(str)).isin(mine)]
+    else:
+        kept = old[~old.run_id.isin(set(new.run_id))]
     if key is not None and not new.empty:
         taken = {tuple(row[:-1]): row[-1] for row in kept[[*key, "config_hash"]].astype(str).to_numpy()}
         rows = [tuple(row) for row in new[[*key, "config_hash"]].astype(str).to_numpy()]
@@ -259,17 +293,18 @@ def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, prese
                                   "`make ablation-kl-floor`, or set MLFLOW_TRACKING_URI to your store")
     tracker = tracker or Tracker()
     out = Path(out_dir)
-    stored = collect_runs(tracker, preset=preset, dataset=dataset)
+    old = {name: read_csv(out / name) for name in (*FILES, *OPTIONAL) if (out / name).is_file()}
+    stored = collect_runs(tracker, preset=preset, dataset=dataset, exported=old.get("runs.csv"))
     if stored.empty:
         raise ResultsMissingError(f"the store {tracker.uri} has no finished ablation runs"
                                   f"{f' for preset {preset}' if preset else ''}: run a sweep first, "
                                   "e.g. `make ablation-kl-floor`")
-    old = {name: read_csv(out / name) for name in FILES if (out / name).is_file()}
+    held = set(stored.run_id[~stored.pop(FROM_EXPORT)])   # runs whose artifacts this store holds
     runs = merge_by_run(old.get("runs.csv"), stored, key=RUN_KEY)
     _check_one_config_per_setting(runs, out)
     runs = runs.sort_values(["experiment", "kind", "value", "seed"], ascending=[True, False, True, True],
                             na_position="last").reset_index(drop=True)
-    fresh = runs[runs.run_id.isin(set(stored.run_id))]   # what this store adds or updates
+    fresh = runs[runs.run_id.isin(held)]   # what this store adds or updates
     artifacts = collect_artifacts(tracker, fresh, everything=runs)
     frames = {
         "runs.csv": runs,
@@ -277,6 +312,7 @@ def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, prese
         "units.csv": merge_by_run(old.get("units.csv"), artifacts.pop("units")),
         "posterior_means.csv": merge_by_run(old.get("posterior_means.csv"), artifacts.pop("posterior_means")),
         "samples.csv": merge_by_run(old.get("samples.csv"), artifacts.pop("samples")),
+        "ksweep.csv": merge_by_run(old.get("ksweep.csv"), artifacts.pop("ksweep")),
     }
     order = {run_id: i for i, run_id in enumerate(runs.run_id.drop_duplicates())}
     for name, frame in frames.items():
@@ -297,7 +333,10 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame]:
     if missing:
         raise ResultsMissingError(f"{folder} lacks {', '.join(missing)}: run `make results` first "
                                   "(it exports them from the MLflow store of your sweeps)")
-    return {name.removesuffix(".csv"): read_csv(folder / name) for name in FILES}
+    frames = {name.removesuffix(".csv"): read_csv(folder / name) for name in FILES}
+    for name in OPTIONAL:
+        frames[name.removesuffix(".csv")] = read_csv(folder / name) if (folder / name).is_file() else pd.DataFrame()
+    return frames
 
 
 def load_sentences(results_dir: str | Path, run_id: str, split: str) -> pd.DataFrame | None:

@@ -108,10 +108,12 @@ class RunLogger:
     def start(self, *, model, corpus, device, autocast: bool) -> None:
         import torch
 
+        from gptvae.data import corpus_params
         from gptvae.families import num_parameters
 
         self.tracker.log_params(self.run_id, {**self.cfg.flat(), "model.num_parameters": num_parameters(model),
-                                              "data.vocab_size": len(corpus.vocab)})
+                                              "data.vocab_size": len(corpus.vocab),
+                                              **corpus_params(corpus, batch_tokens=self.cfg.train.batch_tokens)})
         self.tracker.set_tags(self.run_id, {TAG_GIT: git_commit(), TAG_DEVICE: device.type, TAG_AUTOCAST: autocast,
                                             TAG_THREADS: torch.get_num_threads(),
                                             TAG_CHECKPOINT: str(self.checkpoint.resolve())})

@@ -24,8 +24,8 @@ from pathlib import Path
 from gptvae.config import Config, ConfigError, ObjectiveConfig, apply_overrides, config_hash, parse_overrides, preset
 from gptvae.families import BASELINE
 from gptvae.run import SUMMARY_KEYS, PlannedRun, RunTask, run_dir_for
-from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_NOTE, TAG_PRESET, TAG_SAME_AS, TAG_SEED,
-                             TAG_VALUES, Tracker)
+from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_KIND, TAG_NOTE, TAG_PRESET, TAG_SAME_AS,
+                             TAG_SEED, TAG_VALUES, Tracker)
 
 SPEC_KEYS = {"name", "factor", "values", "base", "baseline", "description", "label", "symbol", "reference"}
 
@@ -143,25 +143,29 @@ def sweep_key(spec: SweepSpec, preset_name: str, dataset: str, overrides) -> str
     return f"{spec.name}|{preset_name}|{dataset}|{'|'.join(sorted(overrides))}"
 
 
-def exported_runs(results: str | Path | None, experiment: str) -> dict[tuple[str, int], str]:
-    """(config hash, seed) -> run id of every run of `experiment` already exported to results/runs.csv.
+def exported_runs(results: str | Path | None, experiment: str | None = None) -> dict[tuple[str, int], str]:
+    """(config hash, seed) -> run id of every run of `experiment` (None: of any) already exported to
+    results/runs.csv.
 
     A study trained in pieces on machines whose stores are lost in between: what an earlier piece
-    exported (and committed) is not trained again."""
+    exported (and committed) is not trained again, in its own sweep or in another that shares it."""
     path = Path(results) / "runs.csv" if results else None
     if path is None or not path.is_file():
         return {}
     import pandas as pd
 
     runs = pd.read_csv(path, usecols=["experiment", "config_hash", "seed", "run_id"], dtype={"config_hash": str})
-    runs = runs[runs.experiment == experiment]
+    if experiment is not None:
+        runs = runs[runs.experiment == experiment]
     return {(h, int(seed)): run_id for h, seed, run_id in zip(runs.config_hash, runs.seed, runs.run_id)}
 
 
 def plan_status(runs: list[PlannedRun], *, experiment: str, runs_root: str | Path,
-                tracker: Tracker | None, exported: dict | None = None) -> list[dict]:
+                tracker: Tracker | None, exported: dict | None = None, elsewhere: dict | None = None
+                ) -> list[dict]:
     """What a sweep would do with each planned run, read from the store (None: no store yet) without changing it."""
     exported = exported or {}
+    elsewhere = elsewhere or {}
     finished: dict[tuple[str, str], list] = {}
     for r in tracker.finished_runs() if tracker else []:
         finished.setdefault((r.data.tags[TAG_HASH], r.data.tags[TAG_SEED]), []).append(r)
@@ -179,6 +183,8 @@ def plan_status(runs: list[PlannedRun], *, experiment: str, runs_root: str | Pat
             status = f"link to {here[0].data.tags[TAG_SAME_AS][:8]}"
         elif trained:
             status = f"link to {trained[0].info.run_id[:8]} (trained in another sweep)"
+        elif (run.config_hash, run.seed) in elsewhere:
+            status = f"link to {elsewhere[run.config_hash, run.seed][:8]} (exported by another sweep)"
         elif (run_dir_for(runs_root, experiment, run.cfg) / "checkpoint.pt").is_file():
             status = "to resume"
         else:
@@ -206,6 +212,9 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
                 "run_id": exported[run.config_hash, run.seed], "status": f"exported in {results}"}
                for run in runs if (run.config_hash, run.seed) in exported]
     runs_to_do = [run for run in runs if (run.config_hash, run.seed) not in exported]
+    elsewhere = exported_runs(results)   # trained by another sweep in an earlier piece: linked, not retrained
+    shared = [run for run in runs_to_do if (run.config_hash, run.seed) in elsewhere]
+    runs_to_do = [run for run in runs_to_do if (run.config_hash, run.seed) not in elsewhere]
     chosen = get_executor(executor or ("serial" if jobs <= 1 else "pool"), jobs=jobs)
     check_available(runs[0].cfg.data)
     tracker = tracker or Tracker()
@@ -216,6 +225,15 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
                                    tags={TAG_FACTOR: spec.factor, TAG_PRESET: preset_name, TAG_DATASET: dataset,
                                          TAG_VALUES: json.dumps(list(spec.values)), TAG_NOTE: spec.description})
     tracker.set_status(parent_id, "RUNNING")
+    for run in shared:
+        source = elsewhere[run.config_hash, run.seed]
+        child, status = tracker.child_run(exp_id, config_hash=run.config_hash, seed=run.seed, name=run.name,
+                                          parent_id=parent_id, tags={TAG_KIND: run.kind})
+        if status != "FINISHED":
+            tracker.set_tags(child, {TAG_SAME_AS: source})
+            tracker.set_status(child, "FINISHED")
+        skipped.append({"name": run.name, "kind": run.kind, "value": run.value, "seed": run.seed,
+                        "run_id": source, "status": f"linked to {source[:8]} (exported by another sweep)"})
     tasks = [RunTask(run=run, experiment=spec.experiment, parent_id=parent_id, runs_root=str(runs_root),
                      tracking_uri=tracker.uri, progress=progress) for run in runs_to_do]
 

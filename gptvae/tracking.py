@@ -305,3 +305,14 @@ class Tracker:
 
     def run(self, run_id: str):
         return self.call(self.client.get_run, run_id)
+
+    def find_run(self, run_id: str):
+        """The run, or None when this store does not hold it (e.g. one trained on a machine since lost)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.run(run_id)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from gptvae.cli import main
 from gptvae.config import ConfigError, apply_overrides, config_hash, preset
-from gptvae.sweep import load_spec, plan_runs, plan_status, run_sweep
+from gptvae.sweep import exported_runs, load_spec, plan_runs, plan_status, run_sweep
 from gptvae.tracking import Tracker, TrackingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,6 +237,40 @@ def test_a_study_trained_in_pieces_on_two_machines_adds_up_in_the_export(tmp_pat
     before = {name: (results / name).read_bytes() for name in FILES}
     export_results(results, tracker=second, preset="smoke")   # the same store again: the same bytes
     assert {name: (results / name).read_bytes() for name in FILES} == before
+
+
+def test_a_fresh_store_links_runs_another_sweep_exported_instead_of_training_them(tmp_path):
+    """Sweep "floor" trains and exports on machine A; on machine B (a fresh store), sweep "twin" plans the
+    same configs. It trains nothing: its children link to the exported runs, and the export gives "twin"
+    rows with those run ids (trained in "floor") while keeping floor's own rows."""
+    import pandas as pd
+
+    from gptvae.results import export_results
+
+    results = tmp_path / "results"
+    first = Tracker(f"sqlite:///{tmp_path}/a.db")
+    run_sweep(load_spec(write_spec(tmp_path, "floor", [0.5])), preset_name="smoke", dataset=None, seeds=[0],
+              overrides=FAST, runs_root=tmp_path / "a", tracker=first, progress=False, results=results)
+    export_results(results, tracker=first, preset="smoke")
+
+    second = Tracker(f"sqlite:///{tmp_path}/b.db")
+    twin = load_spec(write_spec(tmp_path, "twin", [0.5]))
+    plan = plan_status(plan_runs(twin, preset_name="smoke", dataset=None, seeds=[0], overrides=FAST),
+                       experiment=twin.experiment, runs_root=tmp_path / "b", tracker=None,
+                       elsewhere=exported_runs(results))
+    assert all("exported by another sweep" in row["status"] for row in plan)
+    rows = run_sweep(twin, preset_name="smoke", dataset=None, seeds=[0], overrides=FAST, runs_root=tmp_path / "b",
+                     tracker=second, progress=False, results=results)
+    assert all(r["status"].startswith("linked to") for r in rows) and not (tmp_path / "b").exists()
+    export_results(results, tracker=second, preset="smoke")
+    runs = pd.read_csv(results / "runs.csv")
+    floor, mine = runs[runs.experiment == "ablation-floor"], runs[runs.experiment == "ablation-twin"]
+    assert len(floor) == 2 and len(mine) == 2
+    assert set(mine.run_id) == set(floor.run_id) and set(mine.trained_in) == {"ablation-floor"}
+    assert mine.set_index("kind")["valid.iw_nll"].equals(floor.set_index("kind")["valid.iw_nll"])
+    again = run_sweep(twin, preset_name="smoke", dataset=None, seeds=[0], overrides=FAST, runs_root=tmp_path / "b",
+                      tracker=second, progress=False, results=results)
+    assert all(r["status"].startswith("exported") for r in again)   # now its own rows: nothing logged twice
 
 
 def test_an_export_refuses_to_merge_two_versions_of_a_study():
