@@ -87,7 +87,7 @@ figures: $(STAMP)  ## run the notebooks headlessly on the exported results: tabl
 	$(VENV)/bin/papermill --log-level WARNING $(NOTEBOOKS)/overview.source.ipynb $(NOTEBOOKS)/overview.ipynb
 	@echo "figures in $(FIGURES)/, tables in $(TABLES)/, executed notebooks in $(NOTEBOOKS)/"
 
-paper: figures  ## build paper/build/<preset>/paper.html from paper/paper.md and the generated tables
+paper: figures  ## build paper/build/<preset>/paper.{md,html,pdf} from paper/paper.md and the generated tables
 	$(PY) -m gptvae paper --preset $(PRESET)
 
 clean:  ## remove caches (keeps .venv, the MLflow store and runs/)

@@ -32,15 +32,17 @@ from gptvae.report import ablation_report, paths, specs
 
 spec = specs(paths())[f"ablation-{ablation}"]
 display(Markdown(f"## {spec.experiment}: {spec.label}\n\n{spec.description}\n\n"
-                 f"Factor `{spec.factor}` over {', '.join(f'{v:g}' for v in spec.values)}."))
+                 f"Factor `{spec.factor}` over {', '.join(str(v) for v in spec.values)}."))
 
 # %%
 table, figures = ablation_report(ablation)
 display(Markdown(table))
 
 # %% [markdown]
-# Validation metrics against the factor (seeds as error bars, the LM baseline dashed), the
-# rate-distortion plane, the latent's KL and active units over training, and posterior means in 2-D.
+# The likelihood table (paired differences against the reference setting and the LM, with 95% intervals)
+# and the measures of use are above. Below: validation metrics against the factor (95% t intervals over
+# seeds, the LM baseline dashed), the validation bound, KL and active units over training, the
+# rate-distortion plane, and posterior means in 2-D.
 
 # %%
 for png in figures:

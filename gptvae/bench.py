@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from gptvae.config import ModelConfig, preset
 from gptvae.cross_entropy import textbook
 from gptvae.data import BOS, EOS, PAD, Split, Vocab, batch_plan, collate, load_data, synthetic_sample
-from gptvae.device import autocast_context, bf16_is_fast, pick_device
+from gptvae.device import bf16_is_fast, pick_device
 from gptvae.families import build_model
 from gptvae.families.common import layer_kwargs
 from gptvae import metrics

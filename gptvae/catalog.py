@@ -1,7 +1,7 @@
 """The metric catalogue: what each exported metric is called, in what unit, to how many digits.
 
 Tables, figures and the paper all read it, so a metric is named and rounded the same everywhere.
-A new metric is one entry here (and, to appear, its key in TABLE or FIGURE). The ablation catalogue
+A new metric is one entry here (and, to appear in the figures, its key in FIGURE). The ablation catalogue
 is the specs themselves: `gptvae.sweep.load_specs()` gives each ablation's label and symbol.
 """
 
@@ -41,7 +41,18 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("valid.lm_nll", "NLL (z masked)", "nats/sequence"),
     Metric("valid.lm_nll_per_token", "NLL (z masked)", "nats/token",
            axis_label="NLL, latent masked (nats/token)"),
-    Metric("valid.probe_acc_sentiment", "probe acc.", latent_only=True, axis_label="sentiment probe accuracy"),
+    Metric("valid.nll_bound_per_token", "-ELBO", "nats/token", axis_label="-ELBO (nats/token)"),
+    Metric("valid.mi_noise", "MI noise", "nats", latent_only=True),
+    Metric("valid.mi_ceiling", "log N", "nats", latent_only=True),
+    Metric("valid.iw_ess_median", "ESS", digits=1, latent_only=True, axis_label="IW effective sample size"),
+    Metric("valid.probe_acc_sentiment", "probe on μ", latent_only=True, axis_label="sentiment probe on μ"),
+    Metric("valid.probe_z_acc_sentiment", "probe on z", latent_only=True,
+           axis_label="sentiment probe on sampled z (accuracy)"),
+    Metric("valid.probe_majority_sentiment", "majority class", latent_only=True),
+    Metric("valid.probe_untrained_z_acc_sentiment", "probe, untrained", latent_only=True),
+    Metric("valid.recon_bleu", "BLEU (z = μ)", digits=1, latent_only=True,
+           axis_label="greedy reconstruction BLEU (z = μ)"),
+    Metric("valid.recon_bleu_masked", "BLEU (z masked)", digits=1),
     # curves (history.csv): logged during training on the fixed validation subset, or on training batches
     Metric("val/neg_elbo", "-ELBO", "nats/sequence"),
     Metric("val/rec", "Rec", "nats/sequence"),
@@ -53,11 +64,26 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("train/rec_per_token", "Rec (train)", "nats/token"),
 )}
 
-# what the ablation tables show (per sequence, as the literature reports), and the figures (per token)
-TABLE = ("valid.neg_elbo", "valid.rec", "valid.kl", "valid.mi", "valid.au", "valid.iw_nll", "valid.ppl",
-         "valid.lm_nll", "valid.probe_acc_sentiment")
-FIGURE = ("valid.neg_elbo", "valid.rec", "valid.kl", "valid.mi", "valid.au", "valid.iw_nll_per_token", "valid.ppl",
-          "valid.lm_nll_per_token", "valid.probe_acc_sentiment")
+# the panels of an ablation's metrics figure (per token where a metric has both)
+FIGURE = ("valid.iw_nll_per_token", "valid.nll_bound_per_token", "valid.lm_nll_per_token", "valid.kl", "valid.mi",
+          "valid.au", "valid.probe_z_acc_sentiment", "valid.recon_bleu")
+
+# an IW-NLL whose importance weights have a median effective sample size below this is not an estimate of
+# the likelihood (one sample carries the average): it is printed and drawn as n/a, never as a number
+ESS_FLOOR = 2.0
+ESTIMATED = ("iw_nll", "iw_nll_per_token", "ppl")   # the metrics ESS_FLOOR applies to (valid.*, test.*)
+
+
+def not_estimable(rows, split: str = "valid") -> str | None:
+    """Why the IW-NLL of these runs (rows of runs.csv) is no estimate, or None when it is one."""
+    key = f"{split}.iw_ess_median"
+    if key not in rows or rows[key].isna().all():
+        return None
+    ess = float(rows[key].min())
+    if ess < ESS_FLOOR:
+        k = int(rows[f"{split}.iw_samples"].iloc[0]) if f"{split}.iw_samples" in rows else "K"
+        return f"n/a: ESS {ess:.1f} of {k}"
+    return None
 
 
 def metric(key: str) -> Metric:
@@ -65,4 +91,4 @@ def metric(key: str) -> Metric:
     return METRICS.get(key) or Metric(key, key)
 
 
-__all__ = ["FIGURE", "METRICS", "Metric", "TABLE", "metric"]
+__all__ = ["ESS_FLOOR", "ESTIMATED", "FIGURE", "METRICS", "Metric", "metric", "not_estimable"]

@@ -135,7 +135,7 @@ def cmd_paper(args) -> None:
 
     root = Path(__file__).resolve().parents[1] / "paper"
     md, html = render_paper(root / "paper.md", root / "build" / args.preset, where=paths(args.preset))
-    print(f"wrote {md} and {html}")
+    print(f"wrote {md}, {html} and {html.with_suffix('.pdf')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="only sweeps on this dataset (default: all)")
     p.set_defaults(fn=cmd_results)
 
-    p = sub.add_parser("paper", help="render paper/paper.md with the generated tables and numbers to HTML")
+    p = sub.add_parser("paper", help="render paper/paper.md with the generated tables and numbers to Markdown, "
+                                     "HTML and PDF in paper/build/<preset>/")
     p.add_argument("--preset", default="cpu", help="whose results, tables and figures (default: cpu)")
     p.set_defaults(fn=cmd_paper)
 

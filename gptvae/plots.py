@@ -1,7 +1,9 @@
 """Figures for the analysis notebooks. Each takes exported results (gptvae.results) and returns a figure.
 
-Seeds are shown as error bars (mean ± std); the LM baseline, where it has the metric, as a dashed line.
-`save` writes PNG and PDF without timestamps, so re-running gives the same files.
+Seeds are shown as error bars (the mean and a 95% t interval over seeds); the LM baseline, where it has
+the metric, as a dashed line with its seeds' range shaded. A factor of names (a schedule) is drawn at
+evenly spaced positions labelled with the names; a numeric factor at its values, on a symlog axis when
+they span decades. `save` writes PNG and PDF without timestamps, so re-running gives the same files.
 """
 
 from __future__ import annotations
@@ -12,35 +14,62 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from gptvae.catalog import FIGURE, metric
+from gptvae.catalog import ESS_FLOOR, ESTIMATED, FIGURE, metric
 from gptvae.families import BASELINE
+from gptvae.stats import over_seeds
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fontsize": 9,
                      "figure.dpi": 110, "savefig.dpi": 150, "axes.spines.top": False, "axes.spines.right": False})
 
+def _estimable(frame: pd.DataFrame, key: str) -> pd.Series:
+    """The metric, with values the estimator cannot support (IW-NLL at a median ESS below ESS_FLOOR) as NaN."""
+    values = frame[key].astype(float)
+    split, _, name = key.partition(".")
+    ess = f"{split}.iw_ess_median"
+    if name in ESTIMATED and ess in frame:
+        values = values.where(~(frame[ess] < ESS_FLOOR))
+    return values
+
+
 def _by_value(runs: pd.DataFrame, experiment: str, key: str) -> pd.DataFrame:
+    """Per setting: the mean over seeds, the 95% t interval's half-widths (0 for one seed), the seeds, and
+    how many seeds had no estimate (n/a)."""
     vae = runs[(runs.experiment == experiment) & (runs.kind != BASELINE)]
-    return vae.groupby("value")[key].agg(["mean", "std", "count"]).reset_index()
+    vae = vae.assign(shown=_estimable(vae, key))
+    rows = []
+    for value, group in vae.groupby("value"):
+        interval = over_seeds(group.shown)
+        low = 0.0 if np.isnan(interval.low) else interval.estimate - interval.low
+        high = 0.0 if np.isnan(interval.high) else interval.high - interval.estimate
+        rows.append({"value": value, "mean": interval.estimate, "low": low, "high": high,
+                     "count": interval.seeds, "missing": int(group.shown.isna().sum() - group[key].isna().sum())})
+    return pd.DataFrame(rows, columns=["value", "mean", "low", "high", "count", "missing"])
 
 
 def _baseline(runs: pd.DataFrame, experiment: str, key: str):
-    """(mean, std over seeds) of the LM baseline's metric, or None."""
+    """(mean, lowest, highest over seeds) of the LM baseline's metric, or None."""
     lm = runs[(runs.experiment == experiment) & (runs.kind == BASELINE)]
     if lm.empty or key not in lm or lm[key].isna().all():
         return None
-    return lm[key].mean(), (lm[key].std() if lm[key].notna().sum() > 1 else 0.0)
+    return lm[key].mean(), lm[key].min(), lm[key].max()
 
 
 def _draw_baseline(ax, base, *, label="LM baseline") -> None:
-    """The LM reference: a dashed line at its mean and a band of ± one std over its seeds."""
-    mean, std = base
+    """The LM reference: a dashed line at its mean over seeds, its seeds' range shaded."""
+    mean, low, high = base
     ax.axhline(mean, color="0.35", linestyle="--", linewidth=1, label=label)
-    if std > 0:
-        ax.axhspan(mean - std, mean + std, color="0.35", alpha=0.12, linewidth=0)
+    if high > low:
+        ax.axhspan(low, high, color="0.35", alpha=0.15, linewidth=0)
+
+
+def _name(value, names) -> str:
+    """How a setting is written on an axis or in a legend: its name for a factor of names, else the number."""
+    return str(names[int(value)]) if names else f"{value:g}"
 
 
 def _positions(values) -> dict[float, float]:
-    """Grid values on the axis at their own values: the scale (`_scale`) makes decades readable."""
+    """Grid values on the axis at their own values: the scale (`_scale`) makes decades readable. A factor
+    of names has values 0, 1, ... (positions in its grid), drawn evenly spaced."""
     return {v: v for v in sorted(set(values))}
 
 
@@ -53,7 +82,13 @@ def _scale(values) -> tuple[str, dict]:
     return "linear", {}
 
 
-def _x_axis(ax, positions: dict[float, float], factor_label: str) -> None:
+def _x_axis(ax, positions: dict[float, float], factor_label: str, names=None) -> None:
+    if names:   # categories: evenly spaced, labelled with their names
+        ax.set_xticks(list(positions.values()))
+        ax.set_xticklabels([_name(v, names) for v in positions], fontsize=9)
+        ax.set_xlim(min(positions) - 0.5, max(positions) + 0.5)
+        ax.set_xlabel(factor_label)
+        return
     name, kwargs = _scale(positions)
     ax.set_xscale(name, **kwargs)
     ax.set_xticks(list(positions.values()))
@@ -65,44 +100,70 @@ def _x_axis(ax, positions: dict[float, float], factor_label: str) -> None:
     ax.set_xlabel(factor_label + (" (symlog scale)" if name == "symlog" else ""))
 
 
-def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str, metrics=None, ncols: int = 3):
-    """One panel per metric against the ablated factor; the LM baseline as a dashed line."""
+def _reference_lines(ax, runs: pd.DataFrame, experiment: str, key: str) -> None:
+    """What a panel is read against: the LM baseline, log N on MI (the whole-set estimator's ceiling), the
+    majority class and the untrained architecture on a probe."""
+    rows = runs[(runs.experiment == experiment) & (runs.kind != BASELINE)]
+    split = key.split(".", 1)[0]
+    base = _baseline(runs, experiment, key)
+    if base is not None and not metric(key).latent_only:
+        _draw_baseline(ax, base)
+    if key.endswith(".mi") and f"{split}.mi_ceiling" in rows and rows[f"{split}.mi_ceiling"].notna().any():
+        ax.axhline(rows[f"{split}.mi_ceiling"].max(), color="tab:red", linestyle=":", linewidth=1,
+                   label="log N (ceiling)")
+    if ".probe_z_acc_" in key:
+        label = key.split(".probe_z_acc_", 1)[1]
+        for column, style, name in ((f"{split}.probe_majority_{label}", ":", "majority class"),
+                                    (f"{split}.probe_untrained_z_acc_{label}", "-.", "untrained architecture")):
+            if column in rows and rows[column].notna().any():
+                ax.axhline(rows[column].mean(), color="0.35", linestyle=style, linewidth=1, label=name)
+
+
+def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str, metrics=None, ncols: int = 4,
+                      names=None):
+    """One panel per metric against the ablated factor (mean and 95% t interval over seeds), each with the
+    lines it is read against (`_reference_lines`). An IW-NLL the estimator cannot support is left out and
+    the panel says so. names: the grid of a factor of names (runs.value is then a position in it)."""
     metrics = [m for m in (metrics or FIGURE) if m in runs and runs.loc[runs.experiment == experiment, m].notna().any()]
     nrows = -(-len(metrics) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.7 * ncols, 3.1 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, metrics):
         stats = _by_value(runs, experiment, key)
         at = _positions(stats["value"])
-        ax.errorbar(stats["value"].map(at), stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                    label="GPT-VAE")
-        base = _baseline(runs, experiment, key)
-        if base is not None and not metric(key).latent_only:
-            _draw_baseline(ax, base)
-        if key.endswith(".au") or key.endswith(".kl") or key.endswith(".mi"):
-            ax.set_ylim(bottom=min(0.0, float(stats["mean"].min())) if key.endswith(".mi") else 0.0)
-        _x_axis(ax, at, factor_label)
-        if key.endswith("ppl") and stats["mean"].min() > 0 and stats["mean"].max() / stats["mean"].min() > 20:
-            ax.set_yscale("log")   # a collapsed bound can put PPL orders of magnitude above the rest
-        ax.set_ylabel(metric(key).axis)
+        ax.errorbar(stats["value"].map(at), stats["mean"], yerr=[stats["low"], stats["high"]], marker="o",
+                    capsize=3, label="GPT-VAE")
+        for row in stats[stats["missing"] > 0].itertuples():
+            ax.annotate("n/a (ESS)", (at[row.value], 0.5), xycoords=("data", "axes fraction"), ha="center",
+                        fontsize=8, color="tab:red", rotation=90)
+        _reference_lines(ax, runs, experiment, key)
+        if key.endswith((".au", ".kl", ".mi", "_bleu")):
+            ax.set_ylim(bottom=0.0)
+        _x_axis(ax, at, factor_label, names)
+        ax.set_ylabel(metric(key).axis, fontsize=9)
+        handles, _ = ax.get_legend_handles_labels()
+        if len(handles) > 1:
+            ax.legend(loc="best", fontsize=7)
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
-    axes.flat[0].legend(loc="best")
     seeds = runs.loc[runs.experiment == experiment, "seed"].nunique()
-    fig.suptitle(f"Validation metrics against {factor_label} (mean ± std over {seeds} seed{'s' * (seeds > 1)}; "
-                 f"the LM baseline dashed, its seeds shaded)")
+    fig.suptitle(f"Validation metrics against {factor_label}: mean over {seeds} seed{'s' * (seeds > 1)}"
+                 f"{' with a 95% t interval' if seeds > 1 else ''}; the LM baseline dashed, its seeds' range shaded")
     fig.tight_layout()
     return fig
 
 
-def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str):
+def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str, names=None):
     """KL (rate) against Rec (distortion), one point per setting, labelled with the factor's value."""
     kl, rec = _by_value(runs, experiment, "valid.kl"), _by_value(runs, experiment, "valid.rec")
-    fig, ax = plt.subplots(figsize=(5.2, 4.0))
-    ax.errorbar(kl["mean"], rec["mean"], xerr=kl["std"].fillna(0), yerr=rec["std"].fillna(0), marker="o",
-                linestyle="-", capsize=3)
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    ax.errorbar(kl["mean"], rec["mean"], xerr=[kl["low"], kl["high"]], yerr=[rec["low"], rec["high"]], marker="o",
+                linestyle="-" if not names else "none", capsize=3)
+    span = max(float(kl["mean"].max() - kl["mean"].min()), 1e-9)
     for i, (value, x, y) in enumerate(zip(kl["value"], kl["mean"], rec["mean"])):
-        # alternate sides, so that labels of nearby points (a collapsed grid sits at one spot) do not overprint
-        ax.annotate(f"{value:g}", (x, y), textcoords="offset points", xytext=(6, 6 - 14 * (i % 2)), fontsize=9,
+        # points closer than 3% of the rate axis share a spot (collapsed settings): their labels fan out
+        crowd = int(((kl["mean"] - x).abs() < 0.03 * span).sum() > 1)
+        ax.annotate(_name(value, names), (x, y), textcoords="offset points",
+                    xytext=(8, 10 - 14 * i if crowd else 6), fontsize=9,
                     arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.5))
     base = _baseline(runs, experiment, "valid.rec")
     if base is not None:
@@ -116,9 +177,9 @@ def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str):
 
 
 def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, factor_label: str,
-                    keys=("val/nll_bound_per_token", "val/kl", "val/au")):
+                    keys=("val/nll_bound_per_token", "val/kl", "val/au"), names=None):
     """The validation bound (where a plateau shows), KL and active units over training, one line per
-    setting (mean over seeds, ± std band), the LM's bound dashed."""
+    setting (mean over seeds, their range shaded), the LM's bound dashed."""
     vae = runs[(runs.experiment == experiment) & (runs.kind != BASELINE)][["run_id", "value"]]
     curves = history.merge(vae.rename(columns={"value": "setting"}), on="run_id")
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False)
@@ -127,13 +188,11 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
     for ax, key in zip(axes.flat, keys):
         for i, value in enumerate(values):
             points = curves[(curves.key == key) & (curves.setting == value)]
-            stats = points.groupby("step")["value"].agg(["mean", "std"])
+            stats = points.groupby("step")["value"].agg(["mean", "min", "max", "count"])
             colour = cmap(i / max(1, len(values) - 1))
-            ax.plot(stats.index, stats["mean"], color=colour, label=f"{value:g}")
-            if stats["std"].notna().any():   # seeds as a band of ± one std
-                low = stats["mean"] - stats["std"]
-                ax.fill_between(stats.index, low.clip(lower=0) if key == "val/au" else low,
-                                stats["mean"] + stats["std"], color=colour, alpha=0.2, linewidth=0)
+            ax.plot(stats.index, stats["mean"], color=colour, label=_name(value, names))
+            if (stats["count"] > 1).any():   # seeds as a band: their range
+                ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
         if key == "val/nll_bound_per_token":
             lm = runs[(runs.experiment == experiment) & (runs.kind == BASELINE)][["run_id"]]
             points = history[(history.key == key) & history.run_id.isin(lm.run_id)]
@@ -142,18 +201,25 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
                         linewidth=1, label="LM")
         if key in ("val/au", "val/kl"):
             ax.set_ylim(bottom=0)
+        if key == "val/nll_bound_per_token" and not curves.empty:   # the plateau, not the first steps' fall
+            shown = history[(history.key == key) & history.run_id.isin(runs[runs.experiment == experiment].run_id)]
+            late = shown[shown.step >= 0.2 * shown.step.max()]["value"]
+            if not late.empty:
+                pad = 0.05 * float(late.max() - late.min()) + 1e-3
+                ax.set_ylim(float(late.min()) - pad, float(late.max()) + pad)
+                ax.set_title("(steps before 20% of training are above this range)", fontsize=8)
         ax.set_xlabel("training step")
         ax.set_ylabel(metric(key).axis)
     axes.flat[-1].legend(title=factor_label, loc="best", ncol=2)
     seeds = runs.loc[runs.experiment == experiment, "seed"].nunique()
-    fig.suptitle(f"Training: the validation bound, KL and active units (mean ± std over {seeds} "
+    fig.suptitle(f"Training: the validation bound (-ELBO), KL and active units (mean and range over {seeds} "
                  f"seed{'s' * (seeds > 1)})")
     fig.tight_layout()
     return fig
 
 
 def posterior_means(means: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, label: str, symbol: str,
-                    ncols: int = 3):
+                    ncols: int = 3, names=None):
     """2-D PCA of posterior means on validation sentences, one panel per setting, coloured by a label."""
     vae = runs[(runs.experiment == experiment) & (runs.kind != BASELINE)].drop_duplicates(["value"])
     panels = [(row.value, means[means.run_id == row.run_id]) for row in vae.itertuples()]
@@ -172,7 +238,7 @@ def posterior_means(means: pd.DataFrame, runs: pd.DataFrame, experiment: str, *,
                 ax.scatter(part.pc1, part.pc2, s=6, alpha=0.7, color=cmap(i), label=f"{label} {cls:g}")
         else:
             scatter = ax.scatter(points.pc1, points.pc2, c=points[label], s=6, cmap=cmap, alpha=0.7)
-        ax.set_title(f"{symbol} = {value:g}")
+        ax.set_title(f"{symbol} = {_name(value, names)}")
         ax.set_xlabel("PC 1 of μ")
         ax.set_ylabel("PC 2 of μ")
     for ax in axes.flat[len(panels):]:
@@ -183,6 +249,36 @@ def posterior_means(means: pd.DataFrame, runs: pd.DataFrame, experiment: str, *,
         fig.colorbar(scatter, ax=axes, label=label, shrink=0.6)
     fig.suptitle(f"Posterior means of {len(panels[0][1])} validation sentences, first seed (first two principal "
                  f"components of μ, each panel its own)")
+    return fig
+
+
+def k_sweep(ksweep: pd.DataFrame, labels: dict[str, str]):
+    """IW-NLL per token against the number of importance samples K (log axis), one line per setting (the
+    mean over its seeds), from `evaluate --k-sweep` (nested estimates from one set of samples, so each line
+    is monotone by construction). labels: run id -> setting; runs not in it are left out. At K = 1 the
+    estimate is a one-sample ELBO; the gap to the largest K is how loose the bound in the tables is."""
+    frame = ksweep[ksweep.run_id.isin(labels)].assign(setting=lambda f: f.run_id.map(labels))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    order = list(dict.fromkeys(labels[r] for r in frame.run_id.drop_duplicates()))
+    cmap = plt.get_cmap("tab10")
+    for i, setting in enumerate(order):
+        part = frame[frame.setting == setting]
+        mean = part.groupby("K")["iw_nll_per_token"].agg(["mean", "min", "max", "count"])
+        lm = "LM" in setting
+        seeds = int(mean["count"].max())
+        ax.plot(mean.index, mean["mean"], marker="" if lm else "o", markersize=3,
+                linestyle="--" if lm else "-", color="0.35" if lm else cmap(i % 10),
+                label=f"{setting} ({seeds} seed{'s' * (seeds > 1)})")
+        if (mean["count"] > 1).any():
+            ax.fill_between(mean.index, mean["min"], mean["max"], alpha=0.15, linewidth=0,
+                            color="0.35" if lm else cmap(i % 10))
+    ax.set_xscale("log")
+    ax.set_xlabel("importance samples K (log scale)")
+    ax.set_ylabel("IW-NLL (nats/token)")
+    n = int(frame.n_sequences.max()) if not frame.empty else 0
+    ax.set_title(f"How loose the bound is: IW-NLL against K ({n} validation sentences)", fontsize=10)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
     return fig
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import pandas as pd
 
 from gptvae import plots
-from gptvae.catalog import TABLE
+from gptvae.catalog import ESS_FLOOR, ESTIMATED, not_estimable
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
-from gptvae.results import format_table, load_results, load_sentences, summarize
-from gptvae.stats import Interval, paired, verdict
+from gptvae.results import load_results, load_sentences
+from gptvae.stats import Interval, over_seeds, paired, trend, verdict
+from gptvae.stats import use as use_word
 from gptvae.sweep import SweepSpec, load_specs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def _spec(name: str, where) -> SweepSpec:
 
 
 MARGIN = 0.005       # nats per token: differences inside +- this, with an interval inside it too, "tie"
-ESS_FLOOR = 2.0      # median effective sample size below which an IW-NLL is not an estimate
+PER_TOKEN = {"iw_nll": True, "lm_nll": True, "neg_elbo": True, "rec": True, "decoder_use": True, "kl": False}
 
 
 def _setting_rows(runs: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, object, pd.DataFrame]]:
@@ -69,24 +70,18 @@ def _setting_rows(runs: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, object
 
 
 def _per_seed(rows: pd.DataFrame, results_dir: Path, split: str) -> dict[int, pd.DataFrame]:
+    """seed -> the run's per-sentence results on `split`, with decoder_use = NLL with z masked - Rec."""
     out = {}
     for row in rows.itertuples():
         frame = load_sentences(results_dir, row.run_id, split)
         if frame is not None:
-            out[int(row.seed)] = frame
+            out[int(row.seed)] = frame.assign(decoder_use=frame.lm_nll - frame.rec)
     return out
 
 
-def _not_estimable(rows: pd.DataFrame, split: str) -> str | None:
-    """Why the IW-NLL of these runs is no estimate (None when it is): its weights' median ESS."""
-    key = f"{split}.iw_ess_median"
-    if key not in rows or rows[key].isna().all():
-        return None
-    ess = float(rows[key].min())
-    if ess < ESS_FLOOR:
-        k = int(rows[f"{split}.iw_samples"].iloc[0]) if f"{split}.iw_samples" in rows else "K"
-        return f"n/a: ESS {ess:.1f} of {k}"
-    return None
+def has_sentences(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, split: str) -> bool:
+    rows = runs[runs.experiment == spec.experiment]
+    return any(load_sentences(results_dir, run_id, split) is not None for run_id in rows.run_id)
 
 
 def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid") -> str:
@@ -102,13 +97,13 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
     for label, _, rows in settings:
         seeds = data[label]
         if not seeds:
-            lines.append(f"| {label} | {len(rows)} | no per-sentence results exported | | | | | |")
+            lines.append(f"| {label} | {len(rows)} | no per-sentence results on {split} | | | | | |")
             continue
-        reason = _not_estimable(rows, split)
+        reason = not_estimable(rows, split)
         iw = reason or paired(seeds, None, "iw_nll", per_token=True).format(3)
 
         def versus(other: str) -> str:
-            if other == label or not data.get(other) or reason or _not_estimable(by_label[other], split):
+            if other == label or not data.get(other) or reason or not_estimable(by_label[other], split):
                 return "–"
             diff = paired(seeds, data[other], "iw_nll", per_token=True)
             return f"{diff.format(3, signed=True)} {verdict(diff, margin=MARGIN)}"
@@ -118,13 +113,74 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
                  paired(seeds, None, "lm_nll", per_token=True).format(3),
                  _converged(rows)]
         lines.append("| " + " | ".join(cells) + " |")
-    return ("\n".join(lines) + "\n\n" + f"Nats per token on {split} ({_sentences(data)} sentences per run): the mean over "
-            f"seeds with a 95% interval from a bootstrap over seeds and sentences; differences are paired per seed and "
-            f"per sentence. Words: *costs* / *buys* when the interval excludes 0, *ties* when it lies within "
-            f"±{MARGIN} nats/token, else *not resolved*. With {_seed_count(data)} seed(s), resampling seeds sees "
-            f"few values of the seed effect: the intervals are optimistic about seeds. An IW-NLL whose importance "
-            f"weights have a median effective sample size "
-            f"below {ESS_FLOOR:g} is not an estimate and prints as n/a.\n")
+    k = _protocol(runs, spec, split, "iw_samples")
+    return ("\n".join(lines) + "\n\n" + f"Nats per token on {split} ({_sentences(data)} sentences per run, IW-NLL "
+            f"with K = {k}): the mean over seeds with a 95% interval from a bootstrap over seeds and sentences; "
+            f"differences are paired per seed and per sentence (setting minus the other). Words: *costs* / *buys* "
+            f"when the interval excludes 0, *ties* when it lies within ±{MARGIN} nats/token, else *not resolved*. "
+            f"With {_seed_count(data)} seed(s), resampling seeds sees few values of the seed effect: the intervals "
+            f"are optimistic about seeds. An IW-NLL whose importance weights have a median effective sample size "
+            f"below {ESS_FLOOR:g} is not an estimate and prints as n/a. *Converged*: runs whose validation bound "
+            f"moved by less than the preset's tolerance over its last evaluations.\n")
+
+
+def _protocol(runs: pd.DataFrame, spec: SweepSpec, split: str, key: str) -> str:
+    values = runs.loc[runs.experiment == spec.experiment, f"{split}.{key}"].dropna().unique() \
+        if f"{split}.{key}" in runs else []
+    return "/".join(f"{v:g}" for v in sorted(values)) or "?"
+
+
+def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid") -> str:
+    """The ablation's measures of use, per latent setting: rate (KL), MI with its estimator noise, active
+    units, what the decoder loses with z masked (paired per sentence, and the word), a probe on sampled z,
+    and greedy reconstructions scored by BLEU. Once-per-run quantities carry a 95% t interval over seeds."""
+    settings = [(label, value, rows) for label, value, rows in _setting_rows(runs, spec) if value is not None]
+    vae = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)]
+    probe = next((c.removeprefix(f"{split}.probe_z_acc_") for c in vae if c.startswith(f"{split}.probe_z_acc_")), None)
+    header = [spec.label, "seeds", "KL (nats)", "MI (nats)", "AU", "masked − Rec (nats/token)", "decoder",
+              *(["probe on z"] if probe else []), "BLEU, z = μ", "BLEU, z masked"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def seeds_of(rows, key, digits):
+        if key not in rows or rows[key].isna().all():
+            return "–"
+        return over_seeds(rows[key]).format(digits)
+
+    for label, _, rows in settings:
+        data = _per_seed(rows, results_dir, split)
+        if data:
+            gain = paired(data, None, "decoder_use", per_token=True)
+            gain_text, word = gain.format(3, signed=True), use_word(gain, margin=MARGIN)
+        else:
+            gain_text, word = "no per-sentence results", "–"
+        mi = seeds_of(rows, f"{split}.mi", 2)
+        if f"{split}.mi_noise" in rows and rows[f"{split}.mi_noise"].notna().any():
+            mi += f" (±{rows[f'{split}.mi_noise'].mean():.2f})"
+        cells = [label, str(len(rows)), seeds_of(rows, f"{split}.kl", 2), mi, seeds_of(rows, f"{split}.au", 1),
+                 gain_text, word, *([seeds_of(rows, f"{split}.probe_z_acc_{probe}", 3)] if probe else []),
+                 seeds_of(rows, f"{split}.recon_bleu", 1), seeds_of(rows, f"{split}.recon_bleu_masked", 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"On {split}. KL and MI per sentence; MI is the whole-set estimator (REFERENCE §3), the mean of "
+             "repeated draws, with their standard deviation as its noise in brackets"]
+    if f"{split}.mi_ceiling" in vae and vae[f"{split}.mi_ceiling"].notna().any():
+        ceiling = vae[f"{split}.mi_ceiling"].max()
+        notes.append(f"it cannot exceed log N = {ceiling:.2f} (N = {math.exp(ceiling):,.0f} sentences)")
+    notes.append("AU counts dimensions with Var_x E_q[z_d] ≥ 0.01 (the literature's δ); under a per-dimension "
+                 "floor every dimension is pushed to its floor's KL, so AU saturates at D without saying how much "
+                 "the decoder uses z")
+    notes.append(f"*masked − Rec* is the paired per-sentence NLL with the latent slot masked minus the "
+                 f"reconstruction term with z ~ q(z|x): what the decoder loses without z; *uses z* when its interval "
+                 f"lies above {MARGIN} nats/token, *ignores z* when it lies within ±{MARGIN}")
+    if probe:
+        majority = vae[f"{split}.probe_majority_{probe}"].mean() if f"{split}.probe_majority_{probe}" in vae else math.nan
+        untrained = vae[f"{split}.probe_untrained_z_acc_{probe}"].mean() \
+            if f"{split}.probe_untrained_z_acc_{probe}" in vae else math.nan
+        notes.append(f"the {probe} probe is a logistic regression on one sampled z per sentence, scored on held-out "
+                     f"sentences; read it against the majority class ({majority:.3f}) and the same probe on the "
+                     f"untrained architecture ({untrained:.3f})")
+    notes.append("BLEU: greedy reconstructions from z = μ, and greedy decoding with the latent masked, against their "
+                 "inputs (sacreBLEU)")
+    return "\n".join(lines) + "\n\n" + "; ".join(notes) + ".\n"
 
 
 def _seed_count(data) -> str:
@@ -144,19 +200,12 @@ def _converged(rows: pd.DataFrame) -> str:
     return f"{done}/{len(rows)}"
 
 
-def ablation_table(runs: pd.DataFrame, spec: SweepSpec) -> str:
-    rows = runs[runs.experiment == spec.experiment]
-    metrics = [k for k in TABLE if k in runs and rows[k].notna().any()]
-    table = format_table(summarize(runs, spec.experiment, metrics), metrics, factor_label=spec.label)
-    return table + f"\nMLflow runs: {len(rows.run_id)} (listed in the appendix). Nats per sequence unless marked.\n"
-
-
 def samples_table(samples: pd.DataFrame, runs: pd.DataFrame, spec: SweepSpec) -> str:
     """Decoded samples of each setting (first seed), as Markdown sections."""
     rows = runs[runs.experiment == spec.experiment].drop_duplicates(["kind", "value"])
     lines = []
     for row in rows.itertuples():
-        setting = "LM baseline" if row.kind == BASELINE else f"{spec.label} = {row.value:g}"
+        setting = "LM baseline" if row.kind == BASELINE else spec.setting(_grid_value(spec, row))
         lines.append(f"### {setting} (run `{row.run_id}`)\n")
         for section, group in samples[samples.run_id == row.run_id].groupby("section", sort=False):
             lines.append(f"*{section}*\n")
@@ -165,9 +214,19 @@ def samples_table(samples: pd.DataFrame, runs: pd.DataFrame, spec: SweepSpec) ->
     return "\n".join(lines)
 
 
+def _grid_value(spec: SweepSpec, row):
+    """A runs.csv row's setting as the spec's grid holds it (a name for a factor of names)."""
+    return spec.values[int(row.value)] if spec.categorical else row.value
+
+
+def _names(spec: SweepSpec):
+    return list(spec.values) if spec.categorical else None
+
+
 def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple[str, list[Path]]:
-    """Write the table, samples and figures of one ablation ("kl-floor" or "ablation-kl-floor").
-    Returns the Markdown table and the PNGs."""
+    """Write the tables, samples and figures of one ablation ("kl-floor" or "ablation-kl-floor"):
+    <name>_likelihood.md (and _likelihood_test.md when runs were evaluated on test), <name>_use.md,
+    <name>_samples.md, and the figures. Returns the Markdown tables and the PNGs."""
     where = where or paths()
     spec = _spec(name, where)
     res = load_results(where["results"])
@@ -175,36 +234,92 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
     if (runs.experiment == spec.experiment).sum() == 0:   # sweeps run in pieces: say what to run, draw nothing
         return (f"*{spec.experiment} has no finished runs in {where['results']}: run `make {spec.experiment}` "
                 f"with the same PRESET, then `make results`.*\n"), []
-    table = ablation_table(runs, spec)
-    atomic_write_text(where["tables"] / f"{spec.name}.md", table)
-    if "setting" in runs:   # exports since per-sentence results: the paired comparison
-        atomic_write_text(where["tables"] / f"{spec.name}_likelihood.md",
-                          comparison_table(runs, spec, where["results"]))
+    tables = {"likelihood": comparison_table(runs, spec, where["results"]),
+              "use": use_table(runs, spec, where["results"])}
+    if has_sentences(runs, spec, where["results"], "test"):
+        tables["likelihood_test"] = comparison_table(runs, spec, where["results"], split="test")
+    for kind, text in tables.items():
+        atomic_write_text(where["tables"] / f"{spec.name}_{kind}.md", text)
     atomic_write_text(where["tables"] / f"{spec.name}_samples.md", samples_table(res["samples"], runs, spec))
 
+    names = _names(spec)
     figures = {
-        "metrics": plots.metrics_vs_factor(runs, spec.experiment, factor_label=spec.label),
-        "rate_distortion": plots.rate_distortion(runs, spec.experiment, factor_label=spec.label),
-        "curves": plots.training_curves(res["history"], runs, spec.experiment, factor_label=spec.label),
+        "metrics": plots.metrics_vs_factor(runs, spec.experiment, factor_label=spec.label, names=names),
+        "rate_distortion": plots.rate_distortion(runs, spec.experiment, factor_label=spec.label, names=names),
+        "curves": plots.training_curves(res["history"], runs, spec.experiment, factor_label=spec.label, names=names),
     }
     points = res["posterior_means"]
     label_column = next((c for c in ("sentiment", "position") if c in points), None)
     shown = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)].run_id
     if label_column and points.run_id.isin(shown).any():   # runs trained before runs logged them have none
         figures["posterior"] = plots.posterior_means(res["posterior_means"], runs, spec.experiment,
-                                                     label=label_column, symbol=spec.symbol)
+                                                     label=label_column, symbol=spec.symbol, names=names)
     pngs = [plots.save(fig, f"{spec.name}_{kind}", where["figures"])[0] for kind, fig in figures.items()]
-    return table, pngs
+    return "\n".join(tables.values()), pngs
 
 
 def overview_table(runs: pd.DataFrame) -> str:
-    """Runs per ablation: settings, seeds, preset and dataset."""
-    lines = ["| ablation | settings | seeds | runs | preset | dataset |", "|---|---|---|---|---|---|"]
+    """Runs per ablation: settings, seeds, how many converged, preset and dataset."""
+    lines = ["| ablation | settings | seeds | runs | converged | preset | dataset |", "|---|---|---|---|---|---|---|"]
     for experiment, group in runs.groupby("experiment", sort=True):
         settings = group.drop_duplicates(["kind", "value"]).shape[0]
         lines.append(f"| {experiment} | {settings} (incl. LM) | {group.seed.nunique()} | {len(group)} | "
-                     f"{', '.join(sorted(group.preset.unique()))} | {', '.join(sorted(group.dataset.unique()))} |")
+                     f"{_converged(group)} | {', '.join(sorted(group.preset.unique()))} | "
+                     f"{', '.join(sorted(group.dataset.unique()))} |")
     return "\n".join(lines) + "\n"
+
+
+def ksweep_labels(runs: pd.DataFrame, ksweep: pd.DataFrame, where: dict[str, Path] | None = None) -> dict[str, str]:
+    """run id -> "ablation: setting" for every run with a K sweep (a shared run under its first ablation)."""
+    catalogue = specs(where)
+    labels = {}
+    for row in runs[runs.run_id.isin(set(ksweep.run_id))].itertuples():
+        if row.run_id in labels:
+            continue
+        spec = catalogue.get(row.experiment)
+        setting = "LM baseline" if row.kind == BASELINE or spec is None else spec.setting(_grid_value(spec, row))
+        labels[row.run_id] = setting if row.kind == BASELINE else f"{row.experiment.removeprefix('ablation-')}: {setting}"
+    return labels
+
+
+def ksweep_table(ksweep: pd.DataFrame, labels: dict[str, str]) -> str:
+    """IW-NLL per token at a few K for every setting with a K sweep (mean over its seeds), how far it falls
+    from K = 1 to the largest K, and how far over the last decade: still falling there means the bound at
+    the tables' K is loose."""
+    frame = ksweep[ksweep.run_id.isin(labels)].assign(setting=lambda f: f.run_id.map(labels))
+    ks = sorted(frame.K.unique())
+    top = ks[-1]
+    decade = max((k for k in ks if k <= top / 10), default=ks[0])
+    shown = [k for k in (1, 10, 100) if k in ks and k < top] + [top]
+    header = ["setting", "seeds", *(f"K = {k:,}" for k in shown), f"K = 1 → {top:,}", f"K = {decade:,} → {top:,}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for setting in dict.fromkeys(labels[r] for r in frame.run_id.drop_duplicates()):
+        part = frame[frame.setting == setting].pivot_table(index="run_id", columns="K", values="iw_nll_per_token")
+        mean = part.mean()
+        cells = [setting, str(len(part)), *(f"{mean[k]:.3f}" for k in shown),
+                 f"{mean[top] - mean[ks[0]]:+.3f}", f"{mean[top] - mean[decade]:+.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    n = int(frame.n_sequences.max())
+    return ("\n".join(lines) + f"\n\nIW-NLL in nats/token on {n} validation sentences, the mean over seeds; each run's "
+            "estimates at every K come from one set of samples (the first K of them). The last two columns are the "
+            "change from K = 1 (a one-sample ELBO) and over the last decade of K.\n")
+
+
+def overview_report(*, where: dict[str, Path] | None = None) -> tuple[str, list[Path]]:
+    """The cross-ablation table and figures: MI against KL for every run, and the K sweep when runs have one."""
+    where = where or paths()
+    res = load_results(where["results"])
+    runs = res["runs"]
+    table = overview_table(runs)
+    atomic_write_text(where["tables"] / "overview.md", table)
+    pngs = [plots.save(plots.overview(runs), "overview_mi_vs_kl", where["figures"])[0]]
+    ksweep = res["ksweep"]
+    if not ksweep.empty:
+        ksweep = ksweep[ksweep.split == "valid"]
+        labels = ksweep_labels(runs, ksweep, where)
+        atomic_write_text(where["tables"] / "ksweep.md", ksweep_table(ksweep, labels))
+        pngs.append(plots.save(plots.k_sweep(ksweep, labels), "ksweep", where["figures"])[0])
+    return table, pngs
 
 
 # the paper
@@ -223,25 +338,57 @@ class Comparison:
         return self.word if math.isnan(self.interval.estimate) else self.interval.format(3, signed=True)
 
 
+@dataclass(frozen=True)
+class Convergence:
+    """How the runs behind the paper ended: counts, and the largest move of the bound over a run's last
+    evaluations (nats/token)."""
+
+    runs: int
+    converged: int
+    judged: int
+    largest_move: float
+    steps: tuple[int, int]
+    epochs: tuple[float, float] | None
+
+    @property
+    def all(self) -> bool:
+        return self.judged == self.runs and self.converged == self.runs
+
+
 class PaperContext:
-    """What paper/paper.md may call: tables, figures, single numbers with their run ids, the appendix."""
+    """What paper/paper.md may call: tables, figures, numbers with their intervals and the words they
+    license, setup constants from the logged configs, and the appendix of run ids behind them."""
 
     def __init__(self, where: dict[str, Path], out_dir: Path):
         self.where, self.out_dir = where, out_dir
-        self.runs = load_results(where["results"])["runs"]
+        results = load_results(where["results"])
+        self.runs, self.ksweep = results["runs"], results["ksweep"]
         self.specs = specs(where)
         self.cited: dict[str, set[str]] = {}
 
     def _rel(self, path: Path) -> str:
         return os.path.relpath(path, self.out_dir)
 
+    def _cite(self, rows: pd.DataFrame) -> None:
+        for experiment, group in rows.groupby("experiment"):
+            self.cited.setdefault(experiment, set()).update(group.run_id)
+
+    # tables and figures
+
+    def has_table(self, name: str) -> bool:
+        return (self.where["tables"] / f"{name}.md").is_file()
+
+    def has_figure(self, name: str) -> bool:
+        return (self.where["figures"] / f"{name}.png").is_file()
+
     def table(self, name: str) -> str:
+        """A generated table ("kl-floor_likelihood"); the runs of its ablation are cited."""
         path = self.where["tables"] / f"{name}.md"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run `make figures` first")
-        experiment = f"ablation-{name}"
+        experiment = f"ablation-{name.split('_', 1)[0]}"
         if experiment in self.specs:
-            self.cited.setdefault(experiment, set()).update(self.runs[self.runs.experiment == experiment].run_id)
+            self._cite(self.runs[self.runs.experiment == experiment])
         return path.read_text()
 
     def figure(self, name: str, caption: str) -> str:
@@ -250,26 +397,35 @@ class PaperContext:
             raise FileNotFoundError(f"{path} is missing: run `make figures` first")
         return f"![{caption}]({self._rel(path)})\n\n*{caption}*"
 
-    def value(self, experiment: str, metric: str, setting=None, *, digits: int = 2) -> str:
-        """'mean ± std' of a metric at one setting (None: the LM baseline), run ids recorded for the appendix."""
+    # numbers
+
+    def _rows(self, experiment: str, setting) -> pd.DataFrame:
+        """The runs of a setting (a grid value or name; None or "lm": the LM baseline; "reference")."""
         runs = self.runs[self.runs.experiment == experiment]
-        rows = runs[runs.kind == BASELINE] if setting is None else \
-            runs[(runs.kind != BASELINE) & (runs.value == float(setting))]
+        if setting is None or setting == "lm":
+            return runs[runs.kind == BASELINE]
+        if setting == "reference":
+            setting = self.specs[experiment].reference_value
+        return runs[(runs.kind != BASELINE) & (runs.setting.astype(str) == str(setting))]
+
+    def value(self, experiment: str, metric: str, setting=None, *, digits: int = 2) -> str:
+        """A metric at one setting (None: the LM baseline): the mean over seeds with its 95% t interval,
+        "n/a" with the reason where the estimator cannot support it; its run ids are cited."""
+        rows = self._rows(experiment, setting)
         if rows.empty or metric not in rows or rows[metric].isna().all():
             raise KeyError(f"no {metric} for {experiment} at {setting!r} in the exported results")
-        self.cited.setdefault(experiment, set()).update(rows.run_id)
-        mean, std = rows[metric].mean(), rows[metric].std()
-        return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+        self._cite(rows)
+        split, _, name = metric.partition(".")
+        if name in ESTIMATED and (reason := not_estimable(rows, split)):
+            return reason
+        return over_seeds(rows[metric]).format(digits)
 
     def has_value(self, experiment: str, metric: str, setting=None) -> bool:
         """Whether value() has a number here, e.g. a test-split metric only some runs were evaluated on."""
-        try:
-            self.value(experiment, metric, setting)
-        except KeyError:
-            return False
-        return True
+        rows = self._rows(experiment, setting) if experiment in self.specs or setting is None else pd.DataFrame()
+        return not rows.empty and metric in rows and rows[metric].notna().any()
 
-    def const(self, key: str, experiment: str | None = None, *, kind: str = "vae"):
+    def const(self, key: str, experiment: str | None = None, *, kind: str | None = "vae"):
         """A setup constant from the runs' logged configs (e.g. 'model.dim', 'train.steps'): the one value
         every run of that kind (in that experiment) logged; two values are an error, never a guess."""
         rows = self.runs if experiment is None else self.runs[self.runs.experiment == experiment]
@@ -282,29 +438,106 @@ class PaperContext:
         value = values[0]
         return int(value) if isinstance(value, float) and value.is_integer() else value
 
+    def has_const(self, key: str, experiment: str | None = None, *, kind: str | None = "vae") -> bool:
+        try:
+            self.const(key, experiment, kind=kind)
+        except KeyError:
+            return False
+        return True
+
+    def estimable(self, experiment: str, setting, *, split: str = "valid") -> bool:
+        """Whether the IW-NLL of a setting is an estimate (its weights' median ESS is at least ESS_FLOOR)."""
+        return not not_estimable(self._rows(experiment, setting), split)
+
+    def max_seeds(self) -> int:
+        """The most seeds any setting of any ablation has."""
+        return int(self.runs.groupby(["experiment", "kind", "value"], dropna=False).seed.nunique().max())
+
     def compare(self, experiment: str, setting, against="reference", *, column: str = "iw_nll",
-                per_token: bool = True, split: str = "valid", higher_is_worse: bool = True) -> "Comparison":
+                split: str = "valid", higher_is_worse: bool = True) -> Comparison:
         """The paired difference setting - against (against: "reference", "lm", or another setting) of a
-        per-sentence column, with its interval and the word it licenses; run ids recorded for the appendix."""
-        spec = self.specs[experiment]
-        runs = self.runs[self.runs.experiment == experiment]
-
-        def rows_of(which):
-            if which == "lm" or which is None:
-                return runs[runs.kind == BASELINE]
-            value = spec.reference_value if which == "reference" else which
-            return runs[(runs.kind != BASELINE) & (runs.setting.astype(str) == str(value))]
-
-        a, b = rows_of(setting), rows_of(against)
+        per-sentence column (iw_nll, lm_nll, neg_elbo, rec, kl, decoder_use), with its interval and the
+        word it licenses; run ids recorded for the appendix."""
+        a, b = self._rows(experiment, setting), self._rows(experiment, against)
         if a.empty or b.empty:
             raise KeyError(f"{experiment}: no exported runs for {setting!r} or {against!r}")
-        self.cited.setdefault(experiment, set()).update(a.run_id, b.run_id)
-        reason = column == "iw_nll" and (_not_estimable(a, split) or _not_estimable(b, split))
+        self._cite(pd.concat([a, b]))
+        reason = column == "iw_nll" and (not_estimable(a, split) or not_estimable(b, split))
         if reason:   # no estimate, no word
             return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), reason)
         diff = paired(_per_seed(a, self.where["results"], split), _per_seed(b, self.where["results"], split),
-                      column, per_token=per_token)
+                      column, per_token=PER_TOKEN.get(column, True))
         return Comparison(diff, verdict(diff, margin=MARGIN, higher_is_worse=higher_is_worse))
+
+    def change(self, experiment: str, metric: str, setting, against="reference") -> Comparison:
+        """A once-per-run metric (MI, AU, a probe) at `setting` minus `against`, paired by seed, with a
+        95% t interval over seeds; the word says whether it "rises", "falls" or is "not resolved"."""
+        a, b = self._rows(experiment, setting), self._rows(experiment, against)
+        both = a.set_index("seed")[metric].to_frame("a").join(b.set_index("seed")[metric].to_frame("b"), how="inner")
+        if both.empty:
+            raise KeyError(f"{experiment}: no seed with {metric} at both {setting!r} and {against!r}")
+        self._cite(pd.concat([a, b]))
+        diff = over_seeds(both.a - both.b)
+        word = "not resolved" if math.isnan(diff.low) else \
+            "rises" if diff.low > 0 else "falls" if diff.high < 0 else "not resolved"
+        return Comparison(diff, word)
+
+    def use(self, experiment: str, setting, *, split: str = "valid") -> Comparison:
+        """What the decoder loses with z masked (NLL masked - Rec, paired per sentence) and the word:
+        "uses z", "ignores z" or "not resolved" (gptvae.stats.use)."""
+        rows = self._rows(experiment, setting)
+        if rows.empty:
+            raise KeyError(f"{experiment}: no exported runs for {setting!r}")
+        self._cite(rows)
+        diff = paired(_per_seed(rows, self.where["results"], split), None, "decoder_use", per_token=True)
+        return Comparison(diff, use_word(diff, margin=MARGIN))
+
+    def trend(self, experiment: str, metric: str) -> str:
+        """Whether a metric changes monotonically along the grid (numeric factors), from paired steps
+        between consecutive settings: per sentence for iw_nll/kl/..., per seed for once-per-run metrics."""
+        spec = self.specs[experiment]
+        values = [v for v in spec.values if not self._rows(experiment, v).empty]
+        steps = []
+        for lower, upper in zip(values[:-1], values[1:]):
+            if metric in PER_TOKEN:
+                step = self.compare(experiment, upper, lower, column=metric).interval
+            else:
+                step = self.change(experiment, metric, upper, lower).interval
+            steps.append(step)
+        return trend(steps)
+
+    def convergence(self, experiment: str | None = None) -> Convergence:
+        rows = self.runs if experiment is None else self.runs[self.runs.experiment == experiment]
+        rows = rows.drop_duplicates("run_id")
+        judged = rows["train.converged"].notna() if "train.converged" in rows else pd.Series(False, index=rows.index)
+        move = rows["train.plateau_improvement"].abs().max() if "train.plateau_improvement" in rows else math.nan
+        steps = rows["train.steps_trained"] if "train.steps_trained" in rows else rows.get("train.steps")
+        epochs = None
+        if "data.train_batches" in self.runs and self.runs["data.train_batches"].notna().any():
+            per_epoch = float(self.runs["data.train_batches"].dropna().iloc[0])
+            epochs = (float(steps.min()) / per_epoch, float(steps.max()) / per_epoch)
+        return Convergence(runs=len(rows), converged=int(rows.loc[judged, "train.converged"].sum()),
+                           judged=int(judged.sum()), largest_move=float(move),
+                           steps=(int(steps.min()), int(steps.max())), epochs=epochs)
+
+    def fp32_check(self) -> dict | None:
+        """The bf16 evaluation against an fp32 one of the same run and protocol (`evaluate --fp32`): the
+        paired per-sentence IW-NLL difference (nats/token) and the largest per-sentence gap, or None."""
+        columns = [c for c in self.runs if c.endswith("_fp32.iw_nll_per_token")]
+        for column in columns:
+            prefix = column.removesuffix(".iw_nll_per_token")
+            split = prefix.split("_k", 1)[0]
+            for row in self.runs[self.runs[column].notna()].itertuples():
+                fp32 = load_sentences(self.where["results"], row.run_id, prefix)
+                bf16 = load_sentences(self.where["results"], row.run_id, split)
+                if fp32 is None or bf16 is None or len(fp32) != len(bf16):
+                    continue
+                self._cite(self.runs[self.runs.run_id == row.run_id].head(1))
+                diff = paired({0: fp32}, {0: bf16}, "iw_nll", per_token=True)
+                gap = (fp32.set_index("sentence").iw_nll - bf16.set_index("sentence").iw_nll).abs()
+                return {"run": row.run_id, "experiment": row.experiment, "diff": diff, "sentences": len(fp32),
+                        "largest": float(gap.max()), "k": int(prefix.split("_k", 1)[1].split("_", 1)[0])}
+        return None
 
     def has(self, experiment: str) -> bool:
         return bool((self.runs.experiment == experiment).any())
@@ -320,6 +553,10 @@ class PaperContext:
         """Every spec whose sweep has exported runs, by name: the paper's generic sections loop over these."""
         return [spec for spec in sorted(self.specs.values(), key=lambda s: s.name) if self.has(spec.experiment)]
 
+    def missing(self) -> list[SweepSpec]:
+        """Every spec with no exported run: the paper names them and the command that trains them."""
+        return [spec for spec in sorted(self.specs.values(), key=lambda s: s.name) if not self.has(spec.experiment)]
+
     def appendix(self) -> str:
         lines = []
         for experiment in sorted(self.cited):
@@ -328,14 +565,28 @@ class PaperContext:
             lines += [f"### {experiment}", "", "| setting | seed | MLflow run id | trained in |", "|---|---|---|---|"]
             for row in runs.itertuples():
                 setting = "LM baseline" if row.kind == BASELINE else \
-                    f"{spec.symbol if spec else 'value'} = {row.value:g}"
+                    spec.setting(_grid_value(spec, row)) if spec else f"value = {row.value:g}"
                 lines.append(f"| {setting} | {row.seed} | `{row.run_id}` | {row.trained_in} |")
             lines.append("")
         return "\n".join(lines)
 
+    def functions(self) -> dict:
+        """What the template may call, by name."""
+        names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const",
+                 "estimable", "max_seeds", "compare", "change",
+                 "use", "trend", "convergence", "fp32_check", "has", "count", "seeds", "ablations", "missing")
+        return {name: getattr(self, name) for name in names}
 
-def render_paper(source: Path, out_dir: Path, *, where: dict[str, Path] | None = None) -> tuple[Path, Path]:
-    """paper.md (a Jinja2 template) -> out_dir/paper.md with every number filled in -> out_dir/paper.html."""
+
+HTML_STYLE = ("body{max-width:52rem;margin:2rem auto;font-family:'DejaVu Serif',Georgia,serif;line-height:1.45;"
+              "padding:0 1rem}table{border-collapse:collapse;font-size:0.8em;margin:0.5em 0}"
+              "td,th{border:1px solid #bbb;padding:2px 5px}img{max-width:100%}code{font-size:0.85em}")
+
+
+def render_paper(source: Path, out_dir: Path, *, where: dict[str, Path] | None = None, pdf: bool = True
+                 ) -> tuple[Path, Path]:
+    """paper.md (a Jinja2 template) -> out_dir/paper.md with every number filled in -> out_dir/paper.html
+    (and out_dir/paper.pdf, by `gptvae.pdf`)."""
     import jinja2
     import markdown
 
@@ -345,15 +596,15 @@ def render_paper(source: Path, out_dir: Path, *, where: dict[str, Path] | None =
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
                              lstrip_blocks=True)
     template = env.from_string(source.read_text())
-    body = template.render(table=ctx.table, figure=ctx.figure, value=ctx.value, seeds=ctx.seeds, has=ctx.has,
-                           has_value=ctx.has_value, count=ctx.count, ablations=ctx.ablations, const=ctx.const,
-                           compare=ctx.compare)
+    body = template.render(**ctx.functions())
     text = body.replace(APPENDIX_MARK, ctx.appendix())   # after rendering: only then are all citations known
     md_path = atomic_write_text(out_dir / "paper.md", text)
     html = markdown.markdown(text, extensions=["tables", "toc", "fenced_code"])
     page = ("<!doctype html>\n<html><head><meta charset='utf-8'><title>gptvae</title>"
-            "<style>body{max-width:52rem;margin:2rem auto;font-family:Georgia,serif;line-height:1.5;padding:0 1rem}"
-            "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:2px 6px}"
-            "img{max-width:100%}code{font-size:0.85em}</style></head><body>\n" + html + "\n</body></html>\n")
+            f"<style>{HTML_STYLE}</style></head><body>\n" + html + "\n</body></html>\n")
     html_path = atomic_write_text(out_dir / "paper.html", page)
+    if pdf:
+        from gptvae.pdf import html_to_pdf
+
+        html_to_pdf(html, out_dir / "paper.pdf", base=out_dir)
     return md_path, html_path

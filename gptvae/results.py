@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gptvae.catalog import metric
 from gptvae.errors import ResultsMissingError
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_csv
@@ -350,27 +349,3 @@ def read_csv(path: Path) -> pd.DataFrame:
     stays text), so that reading and writing it again gives the same bytes."""
     return pd.read_csv(path, keep_default_na=False, na_values=[""], converters={"setting": str})
 
-
-def summarize(runs: pd.DataFrame, experiment: str, metrics: list[str]) -> pd.DataFrame:
-    """mean, std and n over seeds for each value of the factor, the LM baseline last."""
-    subset = runs[runs.experiment == experiment]
-    grouped = subset.groupby(["kind", "value"], dropna=False)[metrics]
-    table = grouped.agg(["mean", "std", "count"])
-    table = table.reindex(sorted(table.index, key=lambda k: (k[0] == BASELINE, k[1])))
-    return table
-
-
-def format_table(summary: pd.DataFrame, metrics: list[str], *, factor_label: str) -> str:
-    """A Markdown table of `mean ± std` cells, one column per catalogued metric."""
-    counts = {int(c) for m in metrics for c in summary[(m, "count")] if c > 0}
-    n = "/".join(str(c) for c in sorted(counts))
-    header = [factor_label, *(metric(m).label for m in metrics)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (kind, value), row in summary.iterrows():
-        label = "LM baseline" if kind == BASELINE else f"{value:g}"
-        cells = []
-        for m in metrics:
-            mean, std, entry = row[(m, "mean")], row[(m, "std")], metric(m)
-            cells.append("–" if pd.isna(mean) else entry.format(mean) + ("" if pd.isna(std) else f" ± {entry.format(std)}"))
-        lines.append("| " + " | ".join([label, *cells]) + " |")
-    return "\n".join(lines) + f"\n\nmean ± std over seeds (n = {n})\n"

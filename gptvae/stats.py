@@ -137,6 +137,23 @@ def verdict(diff: Interval, *, margin: float, higher_is_worse: bool = True) -> s
     return "not resolved"
 
 
+def use(diff: Interval, *, margin: float) -> str:
+    """What the decoder-side measure licenses: diff is the paired NLL with the latent slot masked minus
+    the reconstruction term with z ~ q(z|x) (nats/token), i.e. what the decoder loses without z.
+
+    uses z          the whole interval lies above the margin: without z the decoder is worse by more than it
+    ignores z       the interval lies within +- margin: masking z changes nothing that matters
+    not resolved    otherwise
+    """
+    if math.isnan(diff.low):
+        return "not resolved"
+    if diff.low > margin:
+        return "uses z"
+    if -margin <= diff.low and diff.high <= margin:
+        return "ignores z"
+    return "not resolved"
+
+
 def trend(steps: list[Interval]) -> str:
     """Whether a quantity changes monotonically along a factor, from the paired differences between
     consecutive settings: "rises monotonically" / "falls monotonically" when every step's interval
@@ -153,4 +170,4 @@ def trend(steps: list[Interval]) -> str:
     return "not resolved"
 
 
-__all__ = ["DRAWS", "Interval", "LEVEL", "over_seeds", "paired", "trend", "verdict"]
+__all__ = ["DRAWS", "Interval", "LEVEL", "over_seeds", "paired", "trend", "use", "verdict"]

@@ -2,7 +2,6 @@
 exit status 2, no traceback, and nothing left behind (no store made, no run RUNNING, no stray file)."""
 
 import os
-import signal
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,6 @@
 """The claim on a setting (gptvae.run.Claim) against a real SQLite store: one holder at a time, dead
 holders taken over, a holder that lost its claim told so."""
 
-import os
 import socket
 import subprocess
 import sys

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gptvae.cli import main
-from gptvae.config import Config, apply_overrides, config_hash, preset
+from gptvae.config import Config, config_hash, preset
 from gptvae.sweep import load_spec, load_specs, plan_runs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,6 @@ from gptvae.evaluation import final_evaluation
 from gptvae.families import build_model
 from gptvae.metrics import evaluate
 from gptvae.run import PlannedRun, RunTask, execute
-from gptvae.tracking import Tracker
 from gptvae.train import train
 
 SYNTHETIC = {"data.dataset": "synthetic", "data.synthetic_train": 2_000, "data.synthetic_eval": 200,

@@ -51,7 +51,9 @@ def test_export_writes_every_file_with_run_ids(exported):
 def test_tables_and_figures_are_deterministic(exported):
     where, _, _ = exported
     table, pngs = ablation_report("ablation-kl-floor", where=where)
-    assert "| LM baseline |" in table and "n = 1" in table and len(pngs) == 4
+    assert "| LM baseline | 1 |" in table and "| λ = 0 | 1 |" in table and len(pngs) == 4
+    assert {p.name for p in where["tables"].iterdir()} >= {"kl-floor_likelihood.md", "kl-floor_use.md",
+                                                          "kl-floor_likelihood_test.md", "kl-floor_samples.md"}
     first = {p.name: p.read_bytes() for p in sorted(where["tables"].iterdir())}
     figures = {p.name: p.read_bytes() for p in sorted(where["figures"].iterdir())}
     ablation_report("ablation-kl-floor", where=where)
@@ -75,6 +77,9 @@ def test_notebook_runs_headlessly_and_paper_cites_exported_runs(exported, tmp_pa
 
     md, html = render_paper(ROOT / "paper" / "paper.md", tmp_path / "build", where=where)
     text = md.read_text()
+    pdf = (tmp_path / "build" / "paper.pdf").read_bytes()
+    render_paper(ROOT / "paper" / "paper.md", tmp_path / "again", where=where)
+    assert pdf.startswith(b"%PDF") and (tmp_path / "again" / "paper.pdf").read_bytes() == pdf   # reproducible
     cited = {line.split("`")[1] for line in text.splitlines() if line.startswith("| ") and "`" in line}
     assert cited and cited <= set(load_results(where["results"])["runs"].run_id)
     assert "<table>" in html.read_text() and "{{" not in text
@@ -109,8 +114,8 @@ def test_appendix_lists_a_shared_run_under_each_ablation_with_its_own_setting(tm
 
     rows = [("ablation-kl-floor", 0.0, "shared", "ablation-kl-floor"), ("ablation-kl-floor", 0.5, "floor", "ablation-kl-floor"),
             ("ablation-kl-weight", 1.0, "shared", "ablation-kl-floor"), ("ablation-kl-weight", 0.5, "weight", "ablation-kl-weight")]
-    runs = pd.DataFrame([{"experiment": e, "kind": "vae", "value": v, "seed": 0, "run_id": r, "trained_in": t,
-                          "valid.kl": float(i)} for i, (e, v, r, t) in enumerate(rows)])
+    runs = pd.DataFrame([{"experiment": e, "kind": "vae", "value": v, "setting": str(v), "seed": 0, "run_id": r,
+                          "trained_in": t, "valid.kl": float(i)} for i, (e, v, r, t) in enumerate(rows)])
     where = {"results": tmp_path, "figures": tmp_path, "tables": tmp_path}
     runs.to_csv(tmp_path / "runs.csv", index=False)
     for name in FILES[1:]:
@@ -126,20 +131,26 @@ def test_appendix_lists_a_shared_run_under_each_ablation_with_its_own_setting(tm
 
 @pytest.mark.corpus
 def test_paper_renders_from_runs_never_evaluated_on_the_test_split(exported, tmp_path):
-    """A smoke store evaluates only the validation split: the paper leaves the test-split paragraph out."""
+    """A study evaluated only on the validation split gets no test table, and the paper no test section."""
     import shutil
 
     import pandas as pd
 
     where, _, _ = exported
-    render_paper(ROOT / "paper" / "paper.md", tmp_path / "with", where=where)   # tables and figures exist
+    ablation_report("kl-floor", where=where)
+    render_paper(ROOT / "paper" / "paper.md", tmp_path / "with", where=where, pdf=False)
     results = tmp_path / "results"
     shutil.copytree(where["results"], results)
+    for path in (results / "sentences").glob("*.test.csv"):
+        path.unlink()
     runs = pd.read_csv(results / "runs.csv")
     runs.drop(columns=[c for c in runs if c.startswith("test.")]).to_csv(results / "runs.csv", index=False)
-    md, _ = render_paper(ROOT / "paper" / "paper.md", tmp_path / "without", where={**where, "results": results})
-    assert "On the whole test split" not in md.read_text()
-    assert "On the whole test split" in (tmp_path / "with" / "paper.md").read_text()
+    without = {**where, "results": results, "tables": tmp_path / "tables", "figures": tmp_path / "figures"}
+    ablation_report("kl-floor", where=without)
+    assert not (without["tables"] / "kl-floor_likelihood_test.md").exists()
+    md, _ = render_paper(ROOT / "paper" / "paper.md", tmp_path / "without", where=without, pdf=False)
+    assert "### On the test split" not in md.read_text()
+    assert "### On the test split" in (tmp_path / "with" / "paper.md").read_text()
 
 
 @pytest.mark.corpus

@@ -199,8 +199,8 @@ def test_export_keeps_one_row_per_setting_and_seed(tmp_path):
     exp = tracker.experiment_id("ablation-x")
     parent = tracker.parent_run(exp, "x|smoke|yelp|", name="x", tags={TAG_FACTOR: "objective.beta", TAG_PRESET: "smoke"})
     made = []
-    for config_hash in ("oldhash", "newhash"):
-        run_id, _ = tracker.child_run(exp, config_hash=config_hash, seed=0, name="LM baseline seed=0",
+    for made_hash in ("oldhash", "newhash"):
+        run_id, _ = tracker.child_run(exp, config_hash=made_hash, seed=0, name="LM baseline seed=0",
                                       parent_id=parent, tags={TAG_KIND: "lm"})
         tracker.set_status(run_id, "FINISHED")
         made.append(run_id)
