@@ -252,6 +252,30 @@ def posterior_means(means: pd.DataFrame, runs: pd.DataFrame, experiment: str, *,
     return fig
 
 
+def unit_information(units: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, factor_label: str, names=None,
+                     split: str = "valid"):
+    """MI of each latent unit alone, sorted from the most informative, one line per setting (the mean over
+    seeds at each rank): how many units carry the information, where AU counts every unit held at a floor."""
+    vae = runs[(runs.experiment == experiment) & (runs.kind != BASELINE)][["run_id", "value"]]
+    rows = units[(units.split == split) & units.run_id.isin(vae.run_id)].merge(vae, on="run_id")
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    cmap = plt.get_cmap("viridis")
+    values = sorted(rows["value"].unique())
+    for i, value in enumerate(values):
+        ranked = [group.mi.sort_values(ascending=False).to_numpy()
+                  for _, group in rows[rows["value"] == value].groupby("run_id")]
+        curve = np.mean(np.stack(ranked), axis=0)
+        ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", markersize=2.5,
+                color=cmap(i / max(1, len(values) - 1)), label=_name(value, names))
+    ax.set_xlabel("latent unit, by its MI (rank)")
+    ax.set_ylabel("MI of the unit alone (nats)")
+    ax.axhline(0, color="0.6", linewidth=0.6)
+    ax.legend(title=factor_label, loc="best", fontsize=8)
+    ax.set_title("Per-unit MI, units sorted (mean over seeds at each rank)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def k_sweep(ksweep: pd.DataFrame, labels: dict[str, str]):
     """IW-NLL per token against the number of importance samples K (log axis), one line per setting (the
     mean over its seeds), from `evaluate --k-sweep` (nested estimates from one set of samples, so each line

@@ -248,6 +248,10 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
         "rate_distortion": plots.rate_distortion(runs, spec.experiment, factor_label=spec.label, names=names),
         "curves": plots.training_curves(res["history"], runs, spec.experiment, factor_label=spec.label, names=names),
     }
+    vae_runs = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)].run_id
+    if not res["units"].empty and res["units"].run_id.isin(vae_runs).any():
+        figures["units"] = plots.unit_information(res["units"], runs, spec.experiment, factor_label=spec.label,
+                                                  names=names)
     points = res["posterior_means"]
     label_column = next((c for c in ("sentiment", "position") if c in points), None)
     shown = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)].run_id
