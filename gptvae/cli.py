@@ -94,6 +94,13 @@ def cmd_evaluate(args) -> None:
     from gptvae.tracking import Tracker
 
     check_protocol(iw_samples=args.iw_samples, max_sequences=args.max_sequences, seed=args.seed)   # before any store
+    ks = None
+    if args.k_sweep:
+        try:
+            ks = [int(k) for k in args.k_sweep.split(",") if k.strip()]
+        except ValueError:
+            raise ConfigError(f"--k-sweep={args.k_sweep!r}: give importance-sample counts K >= 1 separated by "
+                              "commas, e.g. 1,10,100,1000") from None
     tracker = Tracker()
     run_ids = list(args.run_id)
     if args.experiment:
@@ -102,8 +109,7 @@ def cmd_evaluate(args) -> None:
         raise ConfigError("give run ids or --experiment NAME (its finished runs"
                           + (f" of kind {args.kind}" if args.kind else "") + " are evaluated)")
     for run_id in dict.fromkeys(run_ids):   # a run two sweeps share, once
-        if args.k_sweep:
-            ks = [int(k) for k in args.k_sweep.split(",") if k.strip()]
+        if ks:
             curve = k_sweep_logged_run(run_id, split=args.split, ks=ks, max_sequences=args.max_sequences,
                                        tracker=tracker)
             print(f"{run_id}: K sweep on {args.split}\n{curve.to_string(index=False)}")

@@ -496,6 +496,25 @@ class PaperContext:
         diff = paired(_per_seed(rows, self.where["results"], split), None, "decoder_use", per_token=True)
         return Comparison(diff, use_word(diff, margin=MARGIN))
 
+    def against_lm(self, *, split: str = "valid") -> dict[str, list[str]]:
+        """Every latent setting of every ablation against the LM baseline of its sweep: word -> settings
+        ("kl-floor: λ = 0.1"), a run two sweeps share counted once; unestimable ones under "n/a"."""
+        out: dict[str, list[str]] = {}
+        seen = set()
+        for spec in self.ablations():
+            if self._rows(spec.experiment, None).empty:
+                continue
+            for value in spec.values:
+                rows = self._rows(spec.experiment, value)
+                key = frozenset(rows.run_id)
+                if rows.empty or key in seen:
+                    continue
+                seen.add(key)
+                label = f"{spec.name}: {spec.setting(value)}"
+                word = self.compare(spec.experiment, value, "lm", split=split).word
+                out.setdefault("n/a" if word.startswith("n/a") else word, []).append(label)
+        return out
+
     def trend(self, experiment: str, metric: str) -> str:
         """Whether a metric changes monotonically along the grid (numeric factors), from paired steps
         between consecutive settings: per sentence for iw_nll/kl/..., per seed for once-per-run metrics."""
@@ -577,7 +596,7 @@ class PaperContext:
     def functions(self) -> dict:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const",
-                 "estimable", "max_seeds", "compare", "change",
+                 "estimable", "max_seeds", "compare", "change", "against_lm",
                  "use", "trend", "convergence", "fp32_check", "has", "count", "seeds", "ablations", "missing")
         return {name: getattr(self, name) for name in names}
 

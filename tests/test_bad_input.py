@@ -85,6 +85,7 @@ CASES = {
     "no importance samples to evaluate": (["evaluate", "abc", "--iw-samples", "0"], "--iw-samples=0 is invalid"),
     "one sequence to evaluate": (["evaluate", "abc", "--max-sequences", "1"], "--max-sequences=1 is invalid"),
     "evaluate an unknown split": (["evaluate", "abc", "--split", "dev"], "argument --split: invalid choice: 'dev'"),
+    "a K sweep that is not numbers": (["evaluate", "abc", "--k-sweep", "1,ten"], "--k-sweep='1,ten': give"),
     "no samples": (["sample", "abc", "--n", "0"], "--n=0 is invalid; allowed: a number of samples >= 1"),
     "negative temperature": (["sample", "abc", "--temperature", "-1"], "--temperature=-1.0 is invalid"),
     "nan temperature": (["sample", "abc", "--temperature", "nan"], "--temperature=nan is invalid"),
