@@ -36,7 +36,7 @@ SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) --dataset $(DATASET) --seeds "$
         $(if $(PLAN),--plan)
 
 .DEFAULT_GOAL := help
-.PHONY: help env test bench data ablations mlflow-ui results figures paper clean
+.PHONY: help env test bench data ablations mlflow-ui evaluations results figures paper clean
 
 help:  ## list the targets
 	@grep -E '^[a-z][a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 26
@@ -67,6 +67,9 @@ ablations: $(ABLATIONS)  ## every spec in experiments/, one after another
 
 mlflow-ui: $(STAMP)  ## serve the MLflow UI for the store (MLFLOW_TRACKING_URI, PORT=5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $${PORT:-5000}
+
+evaluations: $(STAMP)  ## on the machine that trained the runs: what the specs' [evaluations] ask (test split, K sweeps, fp32)
+	$(PY) -m gptvae evaluate --specs $(EXPERIMENTS)
 
 results: $(STAMP)  ## export finished sweeps of PRESET from MLflow into paper/results/<preset>
 	$(PY) -m gptvae results --out $(RESULTS) --preset $(PRESET)

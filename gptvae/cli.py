@@ -88,6 +88,17 @@ def cmd_sweep(args) -> None:
     print(format_rows(rows))
 
 
+def _matches(params: dict[str, str], where: dict) -> bool:
+    """Whether a run's logged config holds every KEY=VALUE of --where (numbers compared as numbers)."""
+    def same(logged, wanted) -> bool:
+        try:
+            return float(logged) == float(wanted)
+        except (TypeError, ValueError):
+            return str(logged) == str(wanted)
+
+    return all(key in params and same(params[key], value) for key, value in where.items())
+
+
 def cmd_evaluate(args) -> None:
     from gptvae.errors import ConfigError
     from gptvae.evaluation import check_protocol, evaluate_logged_run, k_sweep_logged_run
@@ -101,10 +112,33 @@ def cmd_evaluate(args) -> None:
         except ValueError:
             raise ConfigError(f"--k-sweep={args.k_sweep!r}: give importance-sample counts K >= 1 separated by "
                               "commas, e.g. 1,10,100,1000") from None
+    where = {}
+    known = preset("smoke").flat()
+    for item in args.where:
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or key not in known:
+            raise ConfigError(f"--where {item!r} is invalid; allowed: KEY=VALUE with KEY a config key such as "
+                              "objective.free_bits, model.kind or train.seed")
+        where[key] = value
+    if where and not args.experiment:
+        raise ConfigError(f"--where {' '.join(args.where)!r} filters --experiment's runs: give --experiment NAME too")
     tracker = Tracker()
+    if args.specs:   # what the specs' [evaluations] ask of the runs in this store
+        from gptvae.evaluation import run_evaluation, spec_evaluations
+        from gptvae.sweep import load_spec, load_specs
+
+        path = Path(args.specs)
+        for spec in load_specs(path) if path.is_dir() else [load_spec(path)]:
+            items = spec_evaluations(spec, tracker)
+            print(f"{spec.experiment}: {len(items)} evaluation(s)" + ("" if items else " (no runs in this store)"))
+            for item in items:
+                print(f"  {item['kind']} {item['run_id']} on {item['split']}")
+                run_evaluation(item, tracker)
+        return
     run_ids = list(args.run_id)
     if args.experiment:
-        run_ids += tracker.trained_runs(args.experiment, kind=args.kind)
+        found = tracker.trained_runs(args.experiment, kind=args.kind)
+        run_ids += [run_id for run_id in found if _matches(tracker.params(run_id), where)]
     if not run_ids:
         raise ConfigError("give run ids or --experiment NAME (its finished runs"
                           + (f" of kind {args.kind}" if args.kind else "") + " are evaluated)")
@@ -193,8 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="e.g. python -m gptvae evaluate --experiment ablation-kl-floor --split test "
                               "--iw-samples 500 --max-sequences 1000")
     p.add_argument("run_id", nargs="*", help="MLflow run ids")
+    p.add_argument("--specs", default=None, metavar="PATH",
+                   help="instead of runs: what the [evaluations] of these specs (a folder or one .toml) ask of the "
+                        "runs in this store: the test split at K = 500, K sweeps, fp32 checks (`make evaluations`)")
     p.add_argument("--experiment", default=None, help="also every finished run of this experiment, e.g. ablation-kl-floor")
     p.add_argument("--kind", default=None, help="with --experiment: only runs of this model family (vae, lm)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --experiment: only runs whose logged config has KEY=VALUE (repeatable; numbers "
+                        "compare as numbers), e.g. --where objective.free_bits=1 --where train.seed=0")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--iw-samples", type=int, default=500, help="K for IW-NLL (default: 500)")
     p.add_argument("--max-sequences", type=int, default=None,

@@ -300,6 +300,54 @@ def k_sweep_logged_run(run_id: str, *, split: str = "valid", ks=KSWEEP, max_sequ
     return curve
 
 
+TEST_PROTOCOL = {"split": "test", "iw_samples": 500, "max_sequences": 1000}       # the published K
+KSWEEP_PROTOCOL = {"split": "valid", "ks": KSWEEP, "max_sequences": 500}
+FP32_SEED = 0   # the seed whose runs a spec's fp32 check and K sweeps use
+
+
+def spec_evaluations(spec, tracker: Tracker) -> list[dict]:
+    """What a spec's [evaluations] asks of the runs this store holds, as (kind, run id, protocol) rows:
+    every run on the test split (test = true), and seed FP32_SEED of the listed settings as a K sweep on
+    validation (k_sweep) or the final validation protocol again in fp32 (fp32). Each call below is
+    idempotent: a protocol already logged is not computed again."""
+    if tracker.find_experiment(spec.experiment) is None:
+        return []
+    wanted = spec.evaluations
+    out = []
+    runs = []
+    for run_id in tracker.trained_runs(spec.experiment):
+        params = tracker.params(run_id)
+        setting = "lm" if params.get("model.kind") == "lm" else params.get(spec.factor)
+        runs.append((run_id, setting, int(params.get("train.seed", -1)), params))
+
+    def chosen(settings):
+        return [(r, p) for r, setting, seed, p in runs if seed == FP32_SEED and any(_same(setting, v) for v in settings)]
+
+    if wanted.get("test"):
+        out += [{"kind": "test", "run_id": r, **TEST_PROTOCOL} for r, *_ in runs]
+    out += [{"kind": "k_sweep", "run_id": r, **KSWEEP_PROTOCOL} for r, _ in chosen(wanted.get("k_sweep", []))]
+    out += [{"kind": "fp32", "run_id": r, "split": "valid", "iw_samples": int(p["eval.iw_samples"]),
+             "max_sequences": None if p.get("eval.max_sequences") in (None, "None") else int(p["eval.max_sequences"])}
+            for r, p in chosen(wanted.get("fp32", []))]
+    return out
+
+
+def _same(logged, wanted) -> bool:
+    try:
+        return float(logged) == float(wanted)
+    except (TypeError, ValueError):
+        return str(logged) == str(wanted)
+
+
+def run_evaluation(item: dict, tracker: Tracker):
+    """Carry out one row of spec_evaluations."""
+    if item["kind"] == "k_sweep":
+        return k_sweep_logged_run(item["run_id"], split=item["split"], ks=item["ks"],
+                                  max_sequences=item["max_sequences"], tracker=tracker)
+    return evaluate_logged_run(item["run_id"], split=item["split"], iw_samples=item["iw_samples"],
+                               max_sequences=item["max_sequences"], fp32=item["kind"] == "fp32", tracker=tracker)
+
+
 @torch.no_grad()
 def sample_from_run(run: str, *, n: int = 8, reference: str | None = None, prior: bool = True,
                     temperature: float = 1.0, seed: int = 0) -> list[str]:

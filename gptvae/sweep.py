@@ -27,7 +27,9 @@ from gptvae.run import SUMMARY_KEYS, PlannedRun, RunTask, run_dir_for
 from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_KIND, TAG_NOTE, TAG_PRESET, TAG_SAME_AS,
                              TAG_SEED, TAG_VALUES, Tracker)
 
-SPEC_KEYS = {"name", "factor", "values", "base", "baseline", "description", "label", "symbol", "reference"}
+SPEC_KEYS = {"name", "factor", "values", "base", "baseline", "description", "label", "symbol", "reference",
+             "evaluations"}
+EVALUATION_KEYS = {"test", "k_sweep", "fp32"}   # what [evaluations] may ask for (gptvae.evaluation.spec_evaluations)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class SweepSpec:
     label: str = ""              # the factor on axes and in tables, e.g. "λ (free bits, nats/dim)"
     symbol: str = ""             # the factor in running text, e.g. "λ"
     reference: object = None     # the setting every other one is compared with (default: the first value)
+    evaluations: dict = field(default_factory=dict)   # beyond each run's own: test = true (every run on the test
+                                 # split), k_sweep = [settings] and fp32 = [settings] (seed 0; "lm": the baseline)
 
     @property
     def experiment(self) -> str:
@@ -102,7 +106,16 @@ def load_spec(path: str | Path) -> SweepSpec:
     spec = SweepSpec(name=raw["name"], factor=raw["factor"], values=tuple(values), base=dict(raw.get("base", {})),
                      baseline=bool(raw.get("baseline", True)), description=raw.get("description", ""),
                      label=raw.get("label", raw["factor"]), symbol=raw.get("symbol", short),
-                     reference=raw.get("reference"))
+                     reference=raw.get("reference"), evaluations=dict(raw.get("evaluations", {})))
+    unknown = set(spec.evaluations) - EVALUATION_KEYS
+    if unknown:
+        raise ConfigError(f"experiment spec {path}: [evaluations] has unknown keys {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(sorted(EVALUATION_KEYS))}")
+    for key in ("k_sweep", "fp32"):
+        bad = [v for v in spec.evaluations.get(key, []) if v != "lm" and v not in spec.values]
+        if bad:
+            raise ConfigError(f"experiment spec {path}: [evaluations] {key} = {bad!r} are not settings of its grid "
+                              f"{list(spec.values)!r} (or \"lm\")")
     if spec.reference is not None and spec.reference not in spec.values:
         raise ConfigError(f"experiment spec {path}: reference = {spec.reference!r} is not one of its values "
                           f"{list(spec.values)!r}")

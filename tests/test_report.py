@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gptvae.report import ablation_report, render_paper
-from gptvae.results import FILES, ResultsMissingError, export_results, load_results, pca_2d
+from gptvae.evaluation import evaluate_logged_run, k_sweep_logged_run
+from gptvae.report import ablation_report, overview_report, render_paper
+from gptvae.results import FILES, OPTIONAL, ResultsMissingError, export_results, load_results, pca_2d
 from gptvae.sweep import load_spec, run_sweep
 from gptvae.tracking import Tracker
 
@@ -26,6 +27,10 @@ def exported(tmp_path_factory):
     run_sweep(spec, preset_name="smoke", dataset=None, seeds=[0], overrides=FAST, runs_root=folder / "runs",
               tracker=tracker, progress=False)
     where = {"results": folder / "results", "figures": folder / "figures", "tables": folder / "tables"}
+    # what a study's last piece adds on the training machine: a K sweep and an fp32 check of one run
+    first = tracker.trained_runs("ablation-kl-floor", kind="vae")[0]
+    k_sweep_logged_run(first, split="valid", ks=(1, 2, 4), max_sequences=8, tracker=tracker)
+    evaluate_logged_run(first, split="valid", iw_samples=4, max_sequences=40, fp32=True, tracker=tracker)
     counts = export_results(where["results"], tracker=tracker, preset="smoke")
     return where, counts, tracker
 
@@ -33,9 +38,10 @@ def exported(tmp_path_factory):
 @pytest.mark.corpus
 def test_export_writes_every_file_with_run_ids(exported):
     where, counts, tracker = exported
-    assert set(counts) == set(FILES) | {"sentences"} and all(n > 0 for n in counts.values())
+    assert set(counts) == set(FILES) | set(OPTIONAL) | {"sentences"}
+    assert all(counts[name] > 0 for name in (*FILES, "sentences")) and counts["ksweep.csv"] == 3   # K = 1, 2, 4
     spec = load_spec(ROOT / "experiments" / "kl_floor.toml")
-    assert counts["sentences"] == (len(spec.values) + 1) * 2   # every run, on both splits it was evaluated on
+    assert counts["sentences"] == (len(spec.values) + 1) * 2 + 1   # every run on both splits, and the fp32 check
     results = load_results(where["results"])
     runs = results["runs"]
     assert len(runs) == len(spec.values) + 1 and set(runs.kind) == {"vae", "lm"} and set(runs.seed) == {0}
@@ -75,8 +81,10 @@ def test_notebook_runs_headlessly_and_paper_cites_exported_runs(exported, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert (where["figures"] / "kl-floor_metrics.png").is_file()
 
+    overview_report(where=where)
     md, html = render_paper(ROOT / "paper" / "paper.md", tmp_path / "build", where=where)
     text = md.read_text()
+    assert "## How loose is the bound?" in text and "**bf16 against fp32.**" in text
     pdf = (tmp_path / "build" / "paper.pdf").read_bytes()
     render_paper(ROOT / "paper" / "paper.md", tmp_path / "again", where=where)
     assert pdf.startswith(b"%PDF") and (tmp_path / "again" / "paper.pdf").read_bytes() == pdf   # reproducible
@@ -168,3 +176,22 @@ def test_export_reads_logged_artifacts_not_checkpoints(exported, tmp_path):
         shutil.move(str(moved), runs_root)
     for name in FILES:
         assert (tmp_path / "again" / name).read_bytes() == (where["results"] / name).read_bytes(), name
+
+
+@pytest.mark.corpus
+def test_a_specs_evaluations_pick_the_runs_it_names(exported):
+    """kl_floor.toml asks for every run on test, K sweeps of seed 0 at λ = 0.1, 1 and the LM, and an fp32
+    check at λ = 0.1 with the run's own validation protocol."""
+    from gptvae.evaluation import spec_evaluations
+
+    where, _, tracker = exported
+    runs = load_results(where["results"])["runs"]
+    items = spec_evaluations(load_spec(ROOT / "experiments" / "kl_floor.toml"), tracker)
+    by_kind = {kind: {i["run_id"] for i in items if i["kind"] == kind} for kind in ("test", "k_sweep", "fp32")}
+    setting = {row.run_id: ("lm" if row.kind == "lm" else row.setting) for row in runs.itertuples()}
+    assert by_kind["test"] == set(runs.run_id)
+    assert sorted(setting[r] for r in by_kind["k_sweep"]) == ["0.1", "1.0", "lm"]
+    assert [setting[r] for r in by_kind["fp32"]] == ["0.1"]
+    fp32 = next(i for i in items if i["kind"] == "fp32")
+    assert (fp32["iw_samples"], fp32["max_sequences"], fp32["split"]) == (4, 40, "valid")
+    assert all(i["iw_samples"] == 500 and i["max_sequences"] == 1000 for i in items if i["kind"] == "test")
