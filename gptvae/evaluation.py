@@ -222,6 +222,10 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
     """Evaluate a run's final checkpoint on `split` and log the numbers into the same run, never over
     the numbers it already has.
 
+    A protocol logged before some per-sentence column existed (SENTENCE_COLUMNS, e.g. rec_other) is
+    completed: evaluated again, its logged columns kept as they were and the new ones added by row,
+    and only the metrics it lacked logged.
+
     An evaluation protocol is (split, K, N, seed); the seed defaults to the run's own, as in its final
     evaluation. The first protocol logged for a split takes the keys "<split>.<metric>", with K, N, the
     MI and MC sample counts and the seed as params "<split>.iw_samples", ...; another protocol on that
@@ -249,25 +253,46 @@ def evaluate_logged_run(run_id: str, *, split: str = "test", iw_samples: int = 5
                 params.get(f"{prefix}.eval_seed", str(run_seed)))
 
     own = f"{split}_k{iw_samples}_n{n}" + (f"_s{seed}" if seed != run_seed else "") + ("_fp32" if fp32 else "")
+    logged = None   # the per-sentence table of a protocol measured before some of its columns existed
     for prefix in ((own,) if fp32 else (split, own)):
         if logged_protocol(prefix) == protocol:   # already measured: the store has these numbers
-            metrics = tracker.run(run_id).data.metrics
-            return {k: v for k, v in metrics.items() if k.startswith(prefix + ".")}
-    prefix = split if f"{split}.iw_samples" not in params and not fp32 else own
+            logged = _logged_table(tracker, run_id, f"sentences_{prefix}.csv")
+            if logged is None or set(SENTENCE_COLUMNS) <= set(logged.columns):
+                metrics = tracker.run(run_id).data.metrics
+                return {k: v for k, v in metrics.items() if k.startswith(prefix + ".")}
+            break
+    else:
+        prefix = split if f"{split}.iw_samples" not in params and not fp32 else own
 
     device = model_device(model)
     autocast = cfg.train.autocast and bf16_is_fast(device) and not fp32
     report = final_evaluation(model, corpus, cfg, autocast=autocast, progress=True, init_seed=run_seed)
     result = {prefix + key[len(split):]: value for key, value in report.metrics.items()}
+    files = {name.replace(f"_{split}.", f"_{prefix}."): frame for name, frame in report.files().items()}
+    if logged is not None:   # completing: the logged columns stay as they were, the new ones join them by row
+        new = files[f"sentences_{prefix}.csv"].set_index("row")
+        files = {f"sentences_{prefix}.csv": logged.join(new[[c for c in new if c not in logged]], on="row")}
     with tempfile.TemporaryDirectory() as tmp:   # the per-sentence tables first: the metrics mark it done
-        for name, frame in report.files().items():
-            path = atomic_write_csv(Path(tmp) / name.replace(f"_{split}.", f"_{prefix}."), frame)
-            tracker.log_artifact(run_id, path)
+        for name, frame in files.items():
+            tracker.log_artifact(run_id, atomic_write_csv(Path(tmp) / name, frame))
     count_keys = {f"{prefix}.{k}" for k in COUNT_KEYS}
-    tracker.log_params(run_id, {**{k: int(v) for k, v in result.items() if k in count_keys},
-                                f"{prefix}.eval_seed": seed})
-    tracker.log_metrics(run_id, [(k, v, cfg.train.steps) for k, v in result.items() if k not in count_keys])
-    return result
+    new_params = {**{k: int(v) for k, v in result.items() if k in count_keys}, f"{prefix}.eval_seed": seed}
+    tracker.log_params(run_id, {k: v for k, v in new_params.items() if k not in params})
+    have = tracker.run(run_id).data.metrics   # a completed protocol logs only the numbers it did not have
+    tracker.log_metrics(run_id, [(k, v, cfg.train.steps) for k, v in result.items()
+                                 if k not in count_keys and k not in have])
+    return {**result, **{k: v for k, v in have.items() if k.startswith(prefix + ".")}}
+
+
+SENTENCE_COLUMNS = ("tokens", "rec", "rec_other", "kl", "iw_nll", "lm_nll", "neg_elbo")   # a complete table
+
+
+def _logged_table(tracker: Tracker, run_id: str, name: str) -> pd.DataFrame | None:
+    """A CSV artifact of a run as logged, or None."""
+    if name not in {a.path for a in tracker.call(tracker.client.list_artifacts, run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return pd.read_csv(tracker.call(tracker.client.download_artifacts, run_id, name, tmp))
 
 
 KSWEEP = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)   # the K of the estimator-bound figure
@@ -306,10 +331,11 @@ FP32_SEED = 0   # the seed whose runs a spec's fp32 check and K sweeps use
 
 
 def spec_evaluations(spec, tracker: Tracker) -> list[dict]:
-    """What a spec's [evaluations] asks of the runs this store holds, as (kind, run id, protocol) rows:
-    every run on the test split (test = true), and seed FP32_SEED of the listed settings as a K sweep on
-    validation (k_sweep) or the final validation protocol again in fp32 (fp32). Each call below is
-    idempotent: a protocol already logged is not computed again."""
+    """What a spec asks of the runs this store holds, as (kind, run id, protocol) rows: every run's own
+    validation table completed where it lacks a column ("complete"), and what [evaluations] asks: every
+    run on the test split (test = true), and seed FP32_SEED of the listed settings as a K sweep on
+    validation (k_sweep) or the final validation protocol again in fp32 (fp32). Each is idempotent: a
+    protocol already logged in full is not computed again."""
     if tracker.find_experiment(spec.experiment) is None:
         return []
     wanted = spec.evaluations
@@ -323,12 +349,16 @@ def spec_evaluations(spec, tracker: Tracker) -> list[dict]:
     def chosen(settings):
         return [(r, p) for r, setting, seed, p in runs if seed == FP32_SEED and any(_same(setting, v) for v in settings)]
 
+    def own(p):   # a run's final validation protocol, as its config set it
+        return {"split": "valid", "iw_samples": int(p["eval.iw_samples"]),
+                "max_sequences": None if p.get("eval.max_sequences") in (None, "None") else int(p["eval.max_sequences"])}
+
+    # every run's own validation table, completed where it was logged before a column existed (no-op otherwise)
+    out += [{"kind": "complete", "run_id": r, **own(p)} for r, _, _, p in runs]
     if wanted.get("test"):
         out += [{"kind": "test", "run_id": r, **TEST_PROTOCOL} for r, *_ in runs]
     out += [{"kind": "k_sweep", "run_id": r, **KSWEEP_PROTOCOL} for r, _ in chosen(wanted.get("k_sweep", []))]
-    out += [{"kind": "fp32", "run_id": r, "split": "valid", "iw_samples": int(p["eval.iw_samples"]),
-             "max_sequences": None if p.get("eval.max_sequences") in (None, "None") else int(p["eval.max_sequences"])}
-            for r, p in chosen(wanted.get("fp32", []))]
+    out += [{"kind": "fp32", "run_id": r, **own(p)} for r, p in chosen(wanted.get("fp32", []))]
     return out
 
 

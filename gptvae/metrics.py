@@ -384,7 +384,8 @@ class Evaluation:
     """What `evaluate_split` measures: split-level numbers, and what they are sums or means of."""
 
     metrics: dict                       # flat, python numbers; see `evaluate`
-    sentences: dict[str, np.ndarray]    # per sequence, in split order: row, tokens, rec, kl, neg_elbo, iw_nll, lm_nll
+    sentences: dict[str, np.ndarray]    # per sequence, in split order: row, tokens, rec, rec_other, kl, iw_nll,
+                                        # lm_nll, iw_ess, neg_elbo
     units: dict[str, np.ndarray]        # per latent unit: unit, mi, mean_variance, kl (empty without a latent)
 
 
@@ -412,6 +413,10 @@ def evaluate_split(
     of predicted tokens n(x) = non-PAD tokens - 1, words + EOS):
       n_sequences, n_tokens, iw_samples, mc_samples   what was measured
       rec, kl, neg_elbo, nll_bound_per_token          the ELBO's terms (Rec from mc_samples z ~ q)
+      rec_other, decoder_use_per_token                Rec with the draws of the next sentence in the batch
+                                                      (z ~ q(z|x') for another x'), and (rec_other - rec)
+                                                      summed over sentences / tokens: what the decoder
+                                                      loses without its own z, on inputs it was trained on
       iw_nll, iw_nll_per_token, ppl                   IW-NLL with K = iw_samples, and PPL from it
       iw_ess_median                                   the median effective sample size of the K weights:
                                                       near 1, K samples cannot estimate log p(x)
@@ -426,7 +431,7 @@ def evaluate_split(
     thresholds) and the mean KL of the unit.
       probe_*                                         see `latent_probes` (when probe_split is given)
 
-    When the latent has no units (the LM baseline) the likelihood is exact: rec = iw_nll = lm_nll,
+    When the latent has no units (the LM baseline) the likelihood is exact: rec = rec_other = iw_nll = lm_nll,
     kl = 0, nothing is sampled (iw_samples and mc_samples report the settings asked for, so that rows
     line up; mi_samples is 0), and the mi / au / probe keys, which need a latent, are absent.
     """
@@ -436,7 +441,7 @@ def evaluate_split(
     generator = torch.Generator().manual_seed(seed)
     num = len(split)
 
-    columns = ("tokens", "rec", "kl", "iw_nll", "lm_nll", "iw_ess")
+    columns = ("tokens", "rec", "rec_other", "kl", "iw_nll", "lm_nll", "iw_ess")
     per = {name: torch.zeros(num, dtype=torch.float64) for name in columns}
     parts, order = [], []
 
@@ -454,13 +459,20 @@ def evaluate_split(
             parts.append(posterior.to("cpu", torch.float32))
             order.append(index)
             if posterior.units == 0:   # no latent: log p(x|z) is the exact likelihood, nothing to sample
-                per["rec"][index] = per["iw_nll"][index] = lm
+                per["rec"][index] = per["rec_other"][index] = per["iw_nll"][index] = lm
                 per["iw_ess"][index] = float(iw_samples)   # every weight is p(x): all K samples count
                 continue
 
             z = posterior.sample(mc_samples, generator=generator)
             ll = log_likelihood_samples(model, tokens, z, chunk_size=chunk, autocast=autocast)
             per["rec"][index] = -ll.double().mean(0).cpu()
+            # decoder-side use: the same draws given to the next sentence of the batch (an input the decoder
+            # was trained on, unlike a masked slot); a batch of one has no other sentence
+            if len(index) > 1:
+                other = log_likelihood_samples(model, tokens, z.roll(1, dims=1), chunk_size=chunk, autocast=autocast)
+                per["rec_other"][index] = -other.double().mean(0).cpu()
+            else:
+                per["rec_other"][index] = math.nan
             per["kl"][index] = posterior.to(torch.float64).kl().flatten(1).sum(-1).cpu()
             iw, ess = importance_weighted_estimate(
                 model, tokens, posterior, iw_samples, chunk_size=chunk, generator=generator, autocast=autocast,
@@ -488,6 +500,9 @@ def evaluate_split(
         lm_ppl=perplexity(sums["lm_nll"], n_tokens),
         iw_ess_median=per["iw_ess"].median().item(),
     )
+    usable = ~torch.isnan(per["rec_other"])   # sentences that had another sentence in their batch
+    out["decoder_use_per_token"] = ((per["rec_other"] - per["rec"])[usable].sum()
+                                    / per["tokens"][usable].sum().clamp(min=1)).item()
     sentences = {"row": np.arange(num), **{k: v.numpy() for k, v in per.items()}, "neg_elbo": neg_elbo.numpy()}
     sentences["tokens"] = sentences["tokens"].astype(np.int64)
     posterior = type(parts[0]).cat(parts)[torch.argsort(torch.cat(order))]   # split order

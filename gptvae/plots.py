@@ -38,6 +38,10 @@ def _by_value(runs: pd.DataFrame, experiment: str, key: str) -> pd.DataFrame:
     vae = vae.assign(shown=_estimable(vae, key))
     rows = []
     for value, group in vae.groupby("value"):
+        if group.shown.isna().sum() > group[key].isna().sum():   # a seed without an estimate: the setting is n/a
+            rows.append({"value": value, "mean": np.nan, "low": 0.0, "high": 0.0, "count": 0,
+                         "missing": int(group.shown.isna().sum() - group[key].isna().sum())})
+            continue
         interval = over_seeds(group.shown)
         low = 0.0 if np.isnan(interval.low) else interval.estimate - interval.low
         high = 0.0 if np.isnan(interval.high) else interval.high - interval.estimate
@@ -110,13 +114,17 @@ def _reference_lines(ax, runs: pd.DataFrame, experiment: str, key: str) -> None:
         _draw_baseline(ax, base)
     if key.endswith(".mi") and f"{split}.mi_ceiling" in rows and rows[f"{split}.mi_ceiling"].notna().any():
         ax.axhline(rows[f"{split}.mi_ceiling"].max(), color="tab:red", linestyle=":", linewidth=1,
-                   label="log N (ceiling)")
+                   label="log N (the estimate saturates)")
     if ".probe_z_acc_" in key:
         label = key.split(".probe_z_acc_", 1)[1]
-        for column, style, name in ((f"{split}.probe_majority_{label}", ":", "majority class"),
-                                    (f"{split}.probe_untrained_z_acc_{label}", "-.", "untrained architecture")):
-            if column in rows and rows[column].notna().any():
-                ax.axhline(rows[column].mean(), color="0.35", linestyle=style, linewidth=1, label=name)
+        majority = f"{split}.probe_majority_{label}"
+        if majority in rows and rows[majority].notna().any():   # the same data for every setting: one line
+            ax.axhline(rows[majority].mean(), color="0.35", linestyle=":", linewidth=1, label="majority class")
+        untrained = f"{split}.probe_untrained_z_acc_{label}"
+        if untrained in rows and rows[untrained].notna().any():   # each setting's own untrained architecture
+            stats = _by_value(runs, experiment, untrained)
+            ax.plot(stats["value"], stats["mean"], color="0.5", linestyle="--", marker="x", linewidth=1,
+                    label="same architecture, untrained")
 
 
 def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str, metrics=None, ncols: int = 4,
@@ -136,7 +144,7 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
             ax.annotate("n/a (ESS)", (at[row.value], 0.5), xycoords=("data", "axes fraction"), ha="center",
                         fontsize=8, color="tab:red", rotation=90)
         _reference_lines(ax, runs, experiment, key)
-        if key.endswith((".au", ".kl", ".mi", "_bleu")):
+        if key.endswith((".au", ".kl", "_bleu")):   # never negative; an MI estimate can be, by its noise
             ax.set_ylim(bottom=0.0)
         _x_axis(ax, at, factor_label, names)
         ax.set_ylabel(metric(key).axis, fontsize=9)
@@ -161,13 +169,15 @@ def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str, n
     span = max(float(kl["mean"].max() - kl["mean"].min()), 1e-9)
     for i, (value, x, y) in enumerate(zip(kl["value"], kl["mean"], rec["mean"])):
         # points closer than 3% of the rate axis share a spot (collapsed settings): their labels fan out
-        crowd = int(((kl["mean"] - x).abs() < 0.03 * span).sum() > 1)
+        near = (kl["mean"] - x).abs() < 0.03 * span
+        place = int(near[: i + 1].sum()) - 1   # this point's place among its neighbours
         ax.annotate(_name(value, names), (x, y), textcoords="offset points",
-                    xytext=(8, 10 - 14 * i if crowd else 6), fontsize=9,
+                    xytext=(8, 10 - 14 * place if near.sum() > 1 else 6), fontsize=9,
                     arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.5))
     base = _baseline(runs, experiment, "valid.rec")
-    if base is not None:
-        _draw_baseline(ax, base, label="LM baseline NLL")
+    if base is not None:   # -ELBO = Rec + KL equal to the LM's NLL: points above the line have a looser bound
+        rate = np.linspace(0, max(float(kl["mean"].max()), 1e-3) * 1.05, 50)
+        ax.plot(rate, base[0] - rate, color="0.35", linestyle="--", linewidth=1, label="Rec + KL = LM NLL")
         ax.legend(loc="best")
     ax.set_xlabel("rate: KL (nats/sequence)")
     ax.set_ylabel("distortion: Rec (nats/sequence)")
@@ -221,7 +231,8 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
 def posterior_means(means: pd.DataFrame, runs: pd.DataFrame, experiment: str, *, label: str, symbol: str,
                     ncols: int = 3, names=None):
     """2-D PCA of posterior means on validation sentences, one panel per setting, coloured by a label."""
-    vae = runs[(runs.experiment == experiment) & (runs.kind != BASELINE)].drop_duplicates(["value"])
+    vae = runs[(runs.experiment == experiment) & (runs.kind != BASELINE)].sort_values(["value", "seed"])
+    vae = vae.drop_duplicates(["value"])   # the first seed of each setting
     panels = [(row.value, means[means.run_id == row.run_id]) for row in vae.itertuples()]
     panels = [(v, m) for v, m in panels if not m.empty]
     ncols = min(ncols, len(panels))
@@ -278,8 +289,9 @@ def unit_information(units: pd.DataFrame, runs: pd.DataFrame, experiment: str, *
 
 def k_sweep(ksweep: pd.DataFrame, labels: dict[str, str]):
     """IW-NLL per token against the number of importance samples K (log axis), one line per setting (the
-    mean over its seeds), from `evaluate --k-sweep` (nested estimates from one set of samples, so each line
-    is monotone by construction). labels: run id -> setting; runs not in it are left out. At K = 1 the
+    mean over its seeds), from `evaluate --k-sweep` (nested estimates from one set of samples: their
+    expectation falls with K, one realisation need not). labels: run id -> setting; runs not in it are
+    left out. At K = 1 the
     estimate is a one-sample ELBO; the gap to the largest K is how loose the bound in the tables is."""
     frame = ksweep[ksweep.run_id.isin(labels)].assign(setting=lambda f: f.run_id.map(labels))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

@@ -70,13 +70,22 @@ def _setting_rows(runs: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, object
 
 
 def _per_seed(rows: pd.DataFrame, results_dir: Path, split: str) -> dict[int, pd.DataFrame]:
-    """seed -> the run's per-sentence results on `split`, with decoder_use = NLL with z masked - Rec."""
+    """seed -> the run's per-sentence results on `split`, with decoder_use = Rec with another sentence's z
+    minus Rec with its own (NaN where the run's table predates rec_other)."""
     out = {}
     for row in rows.itertuples():
         frame = load_sentences(results_dir, row.run_id, split)
         if frame is not None:
-            out[int(row.seed)] = frame.assign(decoder_use=frame.lm_nll - frame.rec)
+            other = frame["rec_other"] if "rec_other" in frame else float("nan")
+            out[int(row.seed)] = frame.assign(decoder_use=other - frame.rec)
     return out
+
+
+def _decoder_use(data: dict[int, pd.DataFrame]) -> Interval | None:
+    """The paired decoder-side use, or None when no run measured rec_other."""
+    if not data or all(frame.decoder_use.isna().all() for frame in data.values()):
+        return None
+    return paired(data, None, "decoder_use", per_token=True)
 
 
 def has_sentences(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, split: str) -> bool:
@@ -115,13 +124,14 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
         lines.append("| " + " | ".join(cells) + " |")
     k = _protocol(runs, spec, split, "iw_samples")
     return ("\n".join(lines) + "\n\n" + f"Nats per token on {split} ({_sentences(data)} sentences per run, IW-NLL "
-            f"with K = {k}): the mean over seeds with a 95% interval from a bootstrap over seeds and sentences; "
-            f"differences are paired per seed and per sentence (setting minus the other). Words: *costs* / *buys* "
-            f"when the interval excludes 0, *ties* when it lies within ±{MARGIN} nats/token, else *not resolved*. "
-            f"With {_seed_count(data)} seed(s), resampling seeds sees few values of the seed effect: the intervals "
-            f"are optimistic about seeds. An IW-NLL whose importance weights have a median effective sample size "
-            f"below {ESS_FLOOR:g} is not an estimate and prints as n/a. *Converged*: runs whose validation bound "
-            f"moved by less than the preset's tolerance over its last evaluations.\n")
+            f"with K = {k}; seeds: {_seed_count(data)}): the mean over seeds with a 95% interval that adds the "
+            f"spread over seeds (t quantile with seeds − 1 degrees of freedom) to a bootstrap over sentences; "
+            f"differences are paired per seed and per sentence (setting minus the other). Words: *ties* when the "
+            f"interval lies within ±{MARGIN} nats/token, else *costs* / *buys* when it excludes 0, else *not "
+            f"resolved*; one seed gets no word. The VAE's IW-NLL is an upper bound on its NLL (the LM's is exact), "
+            f"so *costs* against the LM says the bound costs. An IW-NLL whose importance weights have a median "
+            f"effective sample size below {ESS_FLOOR:g} is not an estimate and prints as n/a. *Converged*: runs whose "
+            f"validation bound moved by less than the preset's tolerance over its last evaluations.\n")
 
 
 def _protocol(runs: pd.DataFrame, spec: SweepSpec, split: str, key: str) -> str:
@@ -137,8 +147,8 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
     settings = [(label, value, rows) for label, value, rows in _setting_rows(runs, spec) if value is not None]
     vae = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)]
     probe = next((c.removeprefix(f"{split}.probe_z_acc_") for c in vae if c.startswith(f"{split}.probe_z_acc_")), None)
-    header = [spec.label, "seeds", "KL (nats)", "MI (nats)", "AU", "masked − Rec (nats/token)", "decoder",
-              *(["probe on z"] if probe else []), "BLEU, z = μ", "BLEU, z masked"]
+    header = [spec.label, "seeds", "KL (nats)", "MI (nats)", "AU", "Rec, other's z − own (nats/token)", "decoder",
+              *(["probe on z", "probe, untrained"] if probe else []), "BLEU, z = μ", "BLEU, z masked"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def seeds_of(rows, key, digits):
@@ -147,39 +157,44 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
         return over_seeds(rows[key]).format(digits)
 
     for label, _, rows in settings:
-        data = _per_seed(rows, results_dir, split)
-        if data:
-            gain = paired(data, None, "decoder_use", per_token=True)
+        gain = _decoder_use(_per_seed(rows, results_dir, split))
+        if gain is not None:
             gain_text, word = gain.format(3, signed=True), use_word(gain, margin=MARGIN)
         else:
-            gain_text, word = "no per-sentence results", "–"
+            gain_text, word = "n/a: not measured", "–"
         mi = seeds_of(rows, f"{split}.mi", 2)
         if f"{split}.mi_noise" in rows and rows[f"{split}.mi_noise"].notna().any():
-            mi += f" (±{rows[f'{split}.mi_noise'].mean():.2f})"
+            mi += f" (noise {rows[f'{split}.mi_noise'].mean():.2f})"
         cells = [label, str(len(rows)), seeds_of(rows, f"{split}.kl", 2), mi, seeds_of(rows, f"{split}.au", 1),
-                 gain_text, word, *([seeds_of(rows, f"{split}.probe_z_acc_{probe}", 3)] if probe else []),
+                 gain_text, word, *([seeds_of(rows, f"{split}.probe_z_acc_{probe}", 3),
+                                     seeds_of(rows, f"{split}.probe_untrained_z_acc_{probe}", 3)] if probe else []),
                  seeds_of(rows, f"{split}.recon_bleu", 1), seeds_of(rows, f"{split}.recon_bleu_masked", 1)]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"On {split}. KL and MI per sentence; MI is the whole-set estimator (REFERENCE §3), the mean of "
-             "repeated draws, with their standard deviation as its noise in brackets"]
+    notes = [f"On {split}. KL per sentence; MI of the whole set, by the estimator of REFERENCE §3: the mean of "
+             "repeated draws of z, with its noise (their standard deviation) in brackets"]
     if f"{split}.mi_ceiling" in vae and vae[f"{split}.mi_ceiling"].notna().any():
         ceiling = vae[f"{split}.mi_ceiling"].max()
-        notes.append(f"it cannot exceed log N = {ceiling:.2f} (N = {math.exp(ceiling):,.0f} sentences)")
-    notes.append("AU counts dimensions with Var_x E_q[z_d] ≥ 0.01 (the literature's δ); under a per-dimension "
-                 "floor every dimension is pushed to its floor's KL, so AU saturates at D without saying how much "
-                 "the decoder uses z")
-    notes.append(f"*masked − Rec* is the paired per-sentence NLL with the latent slot masked minus the "
-                 f"reconstruction term with z ~ q(z|x): what the decoder loses without z; *uses z* when its interval "
-                 f"lies above {MARGIN} nats/token, *ignores z* when it lies within ±{MARGIN}")
+        notes.append(f"the estimate saturates near log N = {ceiling:.2f} (N = {math.exp(ceiling):,.0f} sentences) "
+                     "and can pass it, or the KL, or 0, by its noise")
+    notes.append("AU counts dimensions with Var_x E_q[z_d] ≥ 0.01 (the literature's δ)")
+    modes = vae["objective.free_bits_mode"] if "objective.free_bits_mode" in vae else pd.Series(dtype=object)
+    floors = vae["objective.free_bits"] if "objective.free_bits" in vae else pd.Series(dtype=float)
+    if ((modes == "per_dim") & (floors > 0)).any():
+        notes.append("a per-dimension floor removes the KL's pull on each dimension below it, so every dimension "
+                     "can keep Var_x E_q[z_d] above δ almost for free: AU then saturates at D without saying how "
+                     "much the decoder uses z, which the next two columns measure")
+    notes.append(f"*Rec, other's z − own* is the reconstruction term of each sentence with z drawn from another "
+                 f"sentence's posterior minus that with its own, paired per sentence: what the decoder loses without "
+                 f"its own z, on inputs it was trained on (unlike a masked latent slot, which a decoder trained "
+                 f"without latent dropout never saw); *uses z* when its interval lies above {MARGIN} nats/token, "
+                 f"*ignores z* when it lies within ±{MARGIN}")
     if probe:
         majority = vae[f"{split}.probe_majority_{probe}"].mean() if f"{split}.probe_majority_{probe}" in vae else math.nan
-        untrained = vae[f"{split}.probe_untrained_z_acc_{probe}"].mean() \
-            if f"{split}.probe_untrained_z_acc_{probe}" in vae else math.nan
-        notes.append(f"the {probe} probe is a logistic regression on one sampled z per sentence, scored on held-out "
-                     f"sentences; read it against the majority class ({majority:.3f}) and the same probe on the "
-                     f"untrained architecture ({untrained:.3f})")
-    notes.append("BLEU: greedy reconstructions from z = μ, and greedy decoding with the latent masked, against their "
-                 "inputs (sacreBLEU)")
+        notes.append(f"the {probe} probe is a logistic regression on one sampled z per sentence, fit on training "
+                     f"sentences and scored on these; read it against the majority class ({majority:.3f}) and the "
+                     f"same probe on the same architecture untrained (its own column)")
+    notes.append("BLEU: greedy reconstructions from z = μ, and greedy decoding with the latent slot masked (for a "
+                 "decoder trained without latent dropout, an input it never saw), against their inputs (sacreBLEU)")
     return "\n".join(lines) + "\n\n" + "; ".join(notes) + ".\n"
 
 
@@ -449,6 +464,22 @@ class PaperContext:
             return False
         return True
 
+    def mean(self, experiment: str, metric: str, setting=None, *, digits: int = 2) -> str:
+        """The plain mean over seeds of a quantity that is itself a spread (e.g. an estimator's noise)."""
+        rows = self._rows(experiment, setting)
+        if rows.empty or metric not in rows or rows[metric].isna().all():
+            raise KeyError(f"no {metric} for {experiment} at {setting!r} in the exported results")
+        self._cite(rows)
+        return f"{rows[metric].mean():.{digits}f}"
+
+    def has_runs(self, setting, experiment: str) -> bool:
+        """Whether a setting of an experiment has exported runs (a Jinja test: `values | select("has_runs", e)`)."""
+        return not self._rows(experiment, setting).empty
+
+    def spec(self, experiment: str) -> SweepSpec:
+        """An ablation's spec: its grid, reference, symbol and label."""
+        return self.specs[experiment]
+
     def estimable(self, experiment: str, setting, *, split: str = "valid") -> bool:
         """Whether the IW-NLL of a setting is an estimate (its weights' median ESS is at least ESS_FLOOR)."""
         return not not_estimable(self._rows(experiment, setting), split)
@@ -487,13 +518,16 @@ class PaperContext:
         return Comparison(diff, word)
 
     def use(self, experiment: str, setting, *, split: str = "valid") -> Comparison:
-        """What the decoder loses with z masked (NLL masked - Rec, paired per sentence) and the word:
-        "uses z", "ignores z" or "not resolved" (gptvae.stats.use)."""
+        """What the decoder loses without its own z (Rec with another sentence's z minus Rec with its own,
+        paired per sentence) and the word: "uses z", "ignores z" or "not resolved" (gptvae.stats.use);
+        "n/a: not measured" for runs evaluated before rec_other existed."""
         rows = self._rows(experiment, setting)
         if rows.empty:
             raise KeyError(f"{experiment}: no exported runs for {setting!r}")
         self._cite(rows)
-        diff = paired(_per_seed(rows, self.where["results"], split), None, "decoder_use", per_token=True)
+        diff = _decoder_use(_per_seed(rows, self.where["results"], split))
+        if diff is None:
+            return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), "n/a: not measured")
         return Comparison(diff, use_word(diff, margin=MARGIN))
 
     def against_lm(self, *, split: str = "valid") -> dict[str, list[str]]:
@@ -596,7 +630,7 @@ class PaperContext:
     def functions(self) -> dict:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const",
-                 "estimable", "max_seeds", "compare", "change", "against_lm",
+                 "estimable", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
                  "use", "trend", "convergence", "fp32_check", "has", "count", "seeds", "ablations", "missing")
         return {name: getattr(self, name) for name in names}
 
@@ -618,6 +652,7 @@ def render_paper(source: Path, out_dir: Path, *, where: dict[str, Path] | None =
     ctx = PaperContext(where, out_dir)
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
                              lstrip_blocks=True)
+    env.tests["has_runs"] = ctx.has_runs
     template = env.from_string(source.read_text())
     body = template.render(**ctx.functions())
     text = body.replace(APPENDIX_MARK, ctx.appendix())   # after rendering: only then are all citations known

@@ -2,18 +2,17 @@
 
 A comparison of two settings is a paired difference: for each seed, both settings were trained from
 that seed and evaluated on the same sentences, so the difference is taken seed by seed and sentence
-by sentence, and the shared seed effect and the sentences' own difficulty cancel. Its interval comes
-from a two-level bootstrap: resample the seeds, then within each the sentences, and recompute.
+by sentence, and the shared seed effect and the sentences' own difficulty cancel. Its interval adds
+the two sources of uncertainty: the spread over seeds (a t interval, so that three seeds are treated
+as three) and the sentences (a bootstrap that resamples them once for all seeds).
 
     a = {seed: per-sentence frame of setting A}     # gptvae.results.load_sentences
     b = {seed: per-sentence frame of the reference}
     diff = paired(a, b, "iw_nll", per_token=True)    # Interval(estimate, low, high, seeds, sentences)
     verdict(diff, margin=0.005)                      # "costs" | "buys" | "ties" | "not resolved"
 
-Everything is seeded, so the same files give the same intervals, byte for byte.
-
-With three seeds, resampling seeds sees only three values of the seed effect: the intervals are
-optimistic about the seeds. The paper says so where it prints them.
+Everything is seeded, so the same files give the same intervals, byte for byte. A single seed gets an
+interval over sentences only and no word.
 """
 
 from __future__ import annotations
@@ -56,9 +55,9 @@ def _aligned(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, colu
     """(differences, tokens), both (seeds, sentences): a - b (a alone when b is None) on the sentences
     every frame holds, in one order, so that a resampled sentence is the same sentence in every seed."""
     frames = [a[s] for s in seeds] + ([b[s] for s in seeds] if b is not None else [])
-    common = set(frames[0]["sentence"])
-    for frame in frames[1:]:
-        common &= set(frame["sentence"])
+    common = set(frames[0]["sentence"][frames[0][column].notna()])
+    for frame in frames[1:]:   # a sentence missing (or without a value) in any run is left out of all
+        common &= set(frame["sentence"][frame[column].notna()])
     if not common:
         raise ValueError(f"no sentence in common: the runs were evaluated on different sentences ({column})")
     order = np.array(sorted(common))
@@ -73,31 +72,41 @@ def _aligned(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, colu
 
 def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, column: str, *, per_token: bool,
            draws: int = DRAWS, seed: int = SEED) -> Interval:
-    """Mean over seeds of the per-seed statistic of a - b (of a alone when b is None), with a 95%
-    percentile interval from a two-level bootstrap: each draw resamples the seeds, and the sentences
-    once for all seeds (every run is scored on the same sentences, so a sentence's own difficulty is
-    shared by the seeds and must be resampled as one).
+    """Mean over seeds of the per-seed statistic of a - b (of a alone when b is None), with a 95% interval
+    that adds the two sources of uncertainty: the seeds (their spread, s^2 / k) and the sentences (a
+    bootstrap that resamples the sentences once for all seeds: every run is scored on the same sentences,
+    so a sentence's own difficulty is shared by the seeds and must be resampled as one). The interval is
+    estimate +- t(k - 1) * sqrt(s^2 / k + var_sentences): with three seeds the t quantile is 4.30, not 1.96,
+    as it must be for a mean of three. With one seed only the sentences are resampled (normal quantile),
+    and the Interval says seeds = 1: `verdict` gives it no word.
 
     The per-seed statistic is sum(a - b) / sum(tokens) when per_token, else the mean over sentences.
-    Only seeds present in both, and sentences present in every run, are used.
+    Only seeds present in both, and sentences present (with a value) in every run, are used.
     """
+    from scipy.stats import norm, t
+
     seeds = sorted(set(a) if b is None else set(a) & set(b))
     if not seeds:
         raise ValueError(f"no seed in common between the two settings ({column})")
     diff, tokens = _aligned(a, b, column, seeds)
     weight = tokens if per_token else np.ones_like(diff)
-    estimate = float(np.mean(diff.sum(1) / weight.sum(1)))
+    per_seed = diff.sum(1) / weight.sum(1)
+    estimate = float(per_seed.mean())
     rng = np.random.default_rng(seed)
     n, k = diff.shape[1], len(seeds)
-    stats = np.empty(draws)
+    means = np.empty(draws)
     for d0 in range(0, draws, 200):   # in blocks, so that (seeds, block, sentences) stays small
         d1 = min(draws, d0 + 200)
         index = rng.integers(0, n, size=(d1 - d0, n))                               # sentences, shared by seeds
-        per_seed = diff[:, index].sum(2) / weight[:, index].sum(2)                    # (seeds, block)
-        chosen = rng.integers(0, k, size=(d1 - d0, k))                               # seeds, resampled
-        stats[d0:d1] = per_seed[chosen, np.arange(d1 - d0)[:, None]].mean(1)
-    low, high = np.quantile(stats, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return Interval(estimate, float(low), float(high), k, n)
+        means[d0:d1] = (diff[:, index].sum(2) / weight[:, index].sum(2)).mean(0)     # mean over seeds
+    variance = float(means.var(ddof=1))
+    if k > 1:
+        variance += float(per_seed.var(ddof=1)) / k
+        quantile = float(t.ppf((1 + LEVEL) / 2, k - 1))
+    else:
+        quantile = float(norm.ppf((1 + LEVEL) / 2))
+    half = quantile * math.sqrt(variance)
+    return Interval(estimate, estimate - half, estimate + half, k, n)
 
 
 def over_seeds(values) -> Interval:
@@ -117,36 +126,46 @@ def over_seeds(values) -> Interval:
 
 # words: chosen by the interval, never typed by hand
 
+ONE_SEED = "not resolved (1 seed)"
+
+
 def verdict(diff: Interval, *, margin: float, higher_is_worse: bool = True) -> str:
     """What a paired difference (setting - reference) licenses the paper to say.
 
+    ties           the interval lies within +- margin: any difference is too small to matter (an
+                   equivalence test, which wins over a resolved but negligible difference)
     costs          the whole interval is worse than the reference (above 0 when higher is worse)
     buys           the whole interval is better
-    ties           the interval contains 0 and lies within +- margin: equal to within the margin
-    not resolved   the interval contains 0 but reaches past the margin: the data cannot tell
+    not resolved   the interval contains 0 and reaches past the margin: the data cannot tell
+    not resolved (1 seed)   one seed: no interval over seeds, so no word
     """
     if math.isnan(diff.low):
         return "not resolved"
+    if diff.seeds < 2:
+        return ONE_SEED
+    if -margin <= diff.low and diff.high <= margin:
+        return "ties"
     worse, better = (diff.low > 0, diff.high < 0) if higher_is_worse else (diff.high < 0, diff.low > 0)
     if worse:
         return "costs"
     if better:
         return "buys"
-    if -margin <= diff.low and diff.high <= margin:
-        return "ties"
     return "not resolved"
 
 
 def use(diff: Interval, *, margin: float) -> str:
-    """What the decoder-side measure licenses: diff is the paired NLL with the latent slot masked minus
-    the reconstruction term with z ~ q(z|x) (nats/token), i.e. what the decoder loses without z.
+    """What the decoder-side measure licenses: diff is the paired reconstruction term with another
+    sentence's z minus that with the sentence's own z ~ q(z|x) (nats/token): what the decoder loses
+    without its own z.
 
-    uses z          the whole interval lies above the margin: without z the decoder is worse by more than it
-    ignores z       the interval lies within +- margin: masking z changes nothing that matters
-    not resolved    otherwise
+    uses z          the whole interval lies above the margin
+    ignores z       the interval lies within +- margin: another sentence's z does as well
+    not resolved    otherwise (a single seed included: no interval over seeds)
     """
     if math.isnan(diff.low):
         return "not resolved"
+    if diff.seeds < 2:
+        return ONE_SEED
     if diff.low > margin:
         return "uses z"
     if -margin <= diff.low and diff.high <= margin:
@@ -161,6 +180,8 @@ def trend(steps: list[Interval]) -> str:
     directions, else "not resolved"."""
     if not steps:
         return "not resolved"
+    if any(s.seeds < 2 for s in steps):
+        return ONE_SEED
     if all(s.low > 0 for s in steps):
         return "rises monotonically"
     if all(s.high < 0 for s in steps):

@@ -187,7 +187,8 @@ def test_a_specs_evaluations_pick_the_runs_it_names(exported):
     where, _, tracker = exported
     runs = load_results(where["results"])["runs"]
     items = spec_evaluations(load_spec(ROOT / "experiments" / "kl_floor.toml"), tracker)
-    by_kind = {kind: {i["run_id"] for i in items if i["kind"] == kind} for kind in ("test", "k_sweep", "fp32")}
+    by_kind = {kind: {i["run_id"] for i in items if i["kind"] == kind} for kind in ("complete", "test", "k_sweep", "fp32")}
+    assert by_kind["complete"] == set(runs.run_id)
     setting = {row.run_id: ("lm" if row.kind == "lm" else row.setting) for row in runs.itertuples()}
     assert by_kind["test"] == set(runs.run_id)
     assert sorted(setting[r] for r in by_kind["k_sweep"]) == ["0.1", "1.0", "lm"]
@@ -195,3 +196,29 @@ def test_a_specs_evaluations_pick_the_runs_it_names(exported):
     fp32 = next(i for i in items if i["kind"] == "fp32")
     assert (fp32["iw_samples"], fp32["max_sequences"], fp32["split"]) == (4, 40, "valid")
     assert all(i["iw_samples"] == 500 and i["max_sequences"] == 1000 for i in items if i["kind"] == "test")
+
+
+@pytest.mark.corpus
+def test_a_protocol_logged_before_a_column_existed_is_completed_and_nothing_else_moves(exported, tmp_path):
+    """A run whose validation table predates rec_other (as the first pieces of the study do): evaluating
+    its protocol again adds the column, keeps every logged column as it was, and logs no metric twice."""
+    import pandas as pd
+
+    from gptvae.evaluation import _logged_table
+
+    _, _, tracker = exported
+    run_id = tracker.trained_runs("ablation-kl-floor", kind="vae")[-1]
+    original = _logged_table(tracker, run_id, "sentences_valid.csv")
+    old = original.drop(columns="rec_other")
+    old.to_csv(tmp_path / "sentences_valid.csv", index=False)
+    tracker.log_artifact(run_id, tmp_path / "sentences_valid.csv")   # as an older evaluation logged it
+    history = len(tracker.client.get_metric_history(run_id, "valid.iw_nll"))
+
+    evaluate_logged_run(run_id, split="valid", iw_samples=4, max_sequences=40, tracker=tracker)
+    completed = _logged_table(tracker, run_id, "sentences_valid.csv")
+    assert list(completed.columns) == [*old.columns, "rec_other"]
+    pd.testing.assert_frame_equal(completed[old.columns], old)
+    assert completed.rec_other.to_numpy() == pytest.approx(original.rec_other.to_numpy(), rel=1e-6, nan_ok=True)
+    assert len(tracker.client.get_metric_history(run_id, "valid.iw_nll")) == history
+    evaluate_logged_run(run_id, split="valid", iw_samples=4, max_sequences=40, tracker=tracker)   # complete now
+    assert len(tracker.client.get_metric_history(run_id, "valid.iw_nll")) == history

@@ -117,7 +117,7 @@ def synthetic_results(folder, offsets: dict, *, seeds=(0, 1, 2), n=300, ess=50.0
         seed_effect = rng.normal(0, 0.5)
         for value, offset in offsets.items():
             run_id = f"run-{value}-{seed}"
-            iw = difficulty + seed_effect + offset + rng.normal(0, 0.2, n)
+            iw = difficulty + seed_effect + offset + rng.normal(0, 0.05, n)
             atomic_write_csv(folder / "sentences" / f"{run_id}.valid.csv", pd.DataFrame({
                 "row": np.arange(n), "sentence": np.arange(n), "tokens": tokens, "rec": iw + 1, "kl": np.full(n, 1.0),
                 "iw_nll": iw, "lm_nll": iw + 0.5, "iw_ess": np.full(n, ess), "neg_elbo": iw + 2}))
