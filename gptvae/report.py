@@ -566,7 +566,9 @@ class PaperContext:
     def convergence(self, experiment: str | None = None) -> Convergence:
         rows = self.runs if experiment is None else self.runs[self.runs.experiment == experiment]
         rows = rows.drop_duplicates("run_id")
-        judged = rows["train.converged"].notna() if "train.converged" in rows else pd.Series(False, index=rows.index)
+        if "train.converged" not in rows:
+            rows = rows.assign(**{"train.converged": math.nan})
+        judged = rows["train.converged"].notna()
         move = rows["train.plateau_improvement"].abs().max() if "train.plateau_improvement" in rows else math.nan
         steps = rows["train.steps_trained"] if "train.steps_trained" in rows else rows.get("train.steps")
         epochs = None

@@ -31,7 +31,7 @@ def _config(spec, value, kind, *, width):
               "train.lr": 0.002, "train.weight_decay": 0.01, "train.warmup_steps": 100, "train.min_lr_ratio": 0.1,
               "train.steps": 2000, "train.batch_tokens": 4096, "train.autocast": True, "train.val_sequences": 1000,
               "train.eval_every": 100, "train.patience": 3, "train.tolerance": 0.01,
-              "data.vocab_size": 7297, "data.train_sequences": 170678, "data.valid_sequences": 9611,
+              "data.dataset": "yelp", "data.vocab_size": 7297, "data.train_sequences": 170678, "data.valid_sequences": 9611,
               "data.test_sequences": 9864, "data.train_tokens": 1_672_000, "data.train_batches": 450}
     config.update(spec.base)
     if kind == "vae":
@@ -160,8 +160,10 @@ def test_the_paper_prints_no_placeholder_and_no_missing_value(papers):
 
 def test_an_unestimable_likelihood_prints_as_n_a_with_its_reason(tmp_path):
     where = synthetic_study(tmp_path, floor_effect=3.0, use=2.0, only="kl_floor")
-    runs = pd.read_csv(where["results"] / "runs.csv")
-    runs.loc[(runs.experiment == "ablation-kl-floor") & (runs.setting == "1.0"), "valid.iw_ess_median"] = 1.1
+    runs = pd.read_csv(where["results"] / "runs.csv", dtype={"setting": str})
+    chosen = (runs.experiment == "ablation-kl-floor") & (runs.setting == "1.0")
+    assert chosen.sum() == 3
+    runs.loc[chosen, "valid.iw_ess_median"] = 1.1
     runs.to_csv(where["results"] / "runs.csv", index=False)
     text = build(where)
     table = text.split("## Free-bits floor λ", 1)[1].split("\n\n", 2)[1]
