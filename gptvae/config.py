@@ -343,10 +343,20 @@ IDENTITY_V1 = frozenset({
     "eval.num_samples",
 })
 NOT_IDENTITY = frozenset({"train.seed"})   # a setting is trained once per seed: the seed is beside the hash
+# the KL schedule's parameters that each schedule reads; the others do not change what trains, so they are
+# hashed at their defaults (beta = 1 with a constant weight is one setting whatever a cyclical one would use)
+SCHEDULE_READS = {
+    "constant": frozenset(),
+    "linear": frozenset({"beta_start", "warmup_steps", "ramp_fraction"}),
+    "cyclical": frozenset({"beta_start", "cycles", "cycle_ratio"}),
+    "zero_linear": frozenset({"beta_start", "zero_fraction", "ramp_fraction"}),
+}
+SCHEDULE_FIELDS = frozenset().union(*SCHEDULE_READS.values())
 
 
 def identity(cfg: Config) -> dict[str, dict]:
-    """The fields that identify a setting: IDENTITY_V1 always, later fields only away from their default."""
+    """The fields that identify a setting: IDENTITY_V1 always, later fields only away from their default;
+    a schedule parameter its schedule does not read counts as its default."""
     out: dict[str, dict] = {}
     for section in fields(cfg):
         sub = getattr(cfg, section.name)
@@ -355,6 +365,9 @@ def identity(cfg: Config) -> dict[str, dict]:
             key, value = f"{section.name}.{f.name}", getattr(sub, f.name)
             if key in NOT_IDENTITY:
                 continue
+            if (section.name == "objective" and f.name in SCHEDULE_FIELDS
+                    and f.name not in SCHEDULE_READS.get(sub.schedule, SCHEDULE_FIELDS)):
+                value = _default_of(f)
             if key in IDENTITY_V1 or value != _default_of(f):
                 kept[f.name] = value
         out[section.name] = kept

@@ -61,6 +61,23 @@ def test_the_seed_is_not_part_of_the_identity():
     assert config_hash(replace(cfg, train=replace(cfg.train, seed=5))) == config_hash(cfg)
 
 
+def test_a_schedule_parameter_its_schedule_does_not_read_leaves_the_setting_as_it_is():
+    """kl-schedule sets cycles = 3 in its base: its constant row is still λ = 0 of kl-floor (one run,
+    shared), while the cycles of a cyclical schedule are part of its identity."""
+    cfg = preset("cpu")
+    constant = replace(cfg, objective=replace(cfg.objective, schedule="constant", cycles=3, zero_fraction=0.5))
+    assert config_hash(constant) == config_hash(cfg)
+    cyclical = replace(cfg, objective=replace(cfg.objective, schedule="cyclical"))
+    assert config_hash(replace(cyclical, objective=replace(cyclical.objective, cycles=3))) != config_hash(cyclical)
+    assert config_hash(replace(cyclical, objective=replace(cyclical.objective, zero_fraction=0.5))) == \
+        config_hash(cyclical)
+    schedule = {r.value: r.config_hash for r in plan_runs(load_spec(ROOT / "experiments" / "kl_schedule.toml"),
+                                                          preset_name="cpu", dataset=None, seeds=[0])}
+    floor = {r.value: r.config_hash for r in plan_runs(load_spec(ROOT / "experiments" / "kl_floor.toml"),
+                                                       preset_name="cpu", dataset=None, seeds=[0])}
+    assert schedule["constant"] == floor[0.0] and schedule[None] == floor[None]
+
+
 def test_todays_hashes_are_pinned():
     """Two hashes of the converged cpu preset (2,000 steps or a plateau); the committed results depend on them."""
     floor = load_spec(ROOT / "experiments" / "kl_floor.toml")
@@ -80,7 +97,7 @@ def test_committed_runs_are_the_runs_plan_prints(tmp_path, monkeypatch, capsys):
             continue
         seeds = sorted({r["seed"] for r in mine})
         assert main(["sweep", str(ROOT / "experiments" / f"{spec.name.replace('-', '_')}.toml"), "--preset", "cpu",
-                     "--seeds", " ".join(seeds), "--plan"]) == 0
+                     "--seeds", " ".join(seeds), "--plan", "--runs-root", str(tmp_path / "runs")]) == 0
         printed = {}   # (run name, seed) -> hash, from the printed table
         for line in capsys.readouterr().out.splitlines():
             cells = line.rsplit(maxsplit=4)
