@@ -69,7 +69,7 @@ mlflow-ui: $(STAMP)  ## serve the MLflow UI for the store (MLFLOW_TRACKING_URI, 
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $${PORT:-5000}
 
 evaluations: $(STAMP)  ## on the machine that trained the runs: what the specs' [evaluations] ask (test split, K sweeps, fp32)
-	$(PY) -m gptvae evaluate --specs $(EXPERIMENTS)
+	$(PY) -m gptvae evaluate --specs $(EXPERIMENTS) --preset $(PRESET) --dataset $(DATASET) $(foreach item,$(SET),--set $(item))
 
 results: $(STAMP)  ## export finished sweeps of PRESET from MLflow into paper/results/<preset>
 	$(PY) -m gptvae results --out $(RESULTS) --preset $(PRESET)

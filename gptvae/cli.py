@@ -129,7 +129,8 @@ def cmd_evaluate(args) -> None:
 
         path = Path(args.specs)
         for spec in load_specs(path) if path.is_dir() else [load_spec(path)]:
-            items = spec_evaluations(spec, tracker)
+            items = spec_evaluations(spec, tracker, preset_name=args.preset, dataset=args.dataset,
+                                     overrides=args.overrides)
             print(f"{spec.experiment}: {len(items)} evaluation(s)" + ("" if items else " (no runs in this store)"))
             for item in items:
                 print(f"  {item['kind']} {item['run_id']} on {item['split']}")
@@ -227,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="e.g. python -m gptvae evaluate --experiment ablation-kl-floor --split test "
                               "--iw-samples 500 --max-sequences 1000")
     p.add_argument("run_id", nargs="*", help="MLflow run ids")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
+                   help="with --specs: the preset whose runs are evaluated (default: cpu)")
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="with --specs: the dataset whose runs are evaluated (default: the preset's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --specs: the overrides the sweeps were run with (as make's SET), so their runs are found")
     p.add_argument("--specs", default=None, metavar="PATH",
                    help="instead of runs: what the [evaluations] of these specs (a folder or one .toml) ask of the "
                         "runs in this store: the test split at K = 500, K sweeps, fp32 checks (`make evaluations`)")

@@ -330,18 +330,27 @@ KSWEEP_PROTOCOL = {"split": "valid", "ks": KSWEEP, "max_sequences": 500}
 FP32_SEED = 0   # the seed whose runs a spec's fp32 check and K sweeps use
 
 
-def spec_evaluations(spec, tracker: Tracker) -> list[dict]:
-    """What a spec asks of the runs this store holds, as (kind, run id, protocol) rows: every run's own
+def spec_evaluations(spec, tracker: Tracker, *, preset_name: str = "cpu", dataset: str | None = None,
+                     overrides=()) -> list[dict]:
+    """What a spec asks of the runs this store holds at one preset (and dataset), as (kind, run id,
+    protocol) rows: every run's own
     validation table completed where it lacks a column ("complete"), and what [evaluations] asks: every
     run on the test split (test = true), and seed FP32_SEED of the listed settings as a K sweep on
     validation (k_sweep) or the final validation protocol again in fp32 (fp32). Each is idempotent: a
     protocol already logged in full is not computed again."""
+    from gptvae.sweep import plan_runs
+    from gptvae.tracking import TAG_HASH
+
     if tracker.find_experiment(spec.experiment) is None:
         return []
+    planned = {run.config_hash for run in plan_runs(spec, preset_name=preset_name, dataset=dataset, seeds=[0],
+                                                    overrides=overrides)}   # the sweep's settings, as it planned them
     wanted = spec.evaluations
     out = []
     runs = []
     for run_id in tracker.trained_runs(spec.experiment):
+        if tracker.run(run_id).data.tags.get(TAG_HASH) not in planned:   # another preset's run, or an old one
+            continue
         params = tracker.params(run_id)
         setting = "lm" if params.get("model.kind") == "lm" else params.get(spec.factor)
         runs.append((run_id, setting, int(params.get("train.seed", -1)), params))

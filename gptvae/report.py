@@ -310,7 +310,7 @@ def ksweep_table(ksweep: pd.DataFrame, labels: dict[str, str]) -> str:
     top = ks[-1]
     decade = max((k for k in ks if k <= top / 10), default=ks[0])
     shown = [k for k in (1, 10, 100) if k in ks and k < top] + [top]
-    header = ["setting", "seeds", *(f"K = {k:,}" for k in shown), f"K = 1 → {top:,}", f"K = {decade:,} → {top:,}"]
+    header = ["setting", "seeds", *(f"K = {k:,}" for k in shown), f"K = {ks[0]:,} → {top:,}", f"K = {decade:,} → {top:,}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for setting in dict.fromkeys(labels[r] for r in frame.run_id.drop_duplicates()):
         part = frame[frame.setting == setting].pivot_table(index="run_id", columns="K", values="iw_nll_per_token")
@@ -321,7 +321,8 @@ def ksweep_table(ksweep: pd.DataFrame, labels: dict[str, str]) -> str:
     n = int(frame.n_sequences.max())
     return ("\n".join(lines) + f"\n\nIW-NLL in nats/token on {n} validation sentences, the mean over seeds; each run's "
             "estimates at every K come from one set of samples (the first K of them). The last two columns are the "
-            "change from K = 1 (a one-sample ELBO) and over the last decade of K.\n")
+            "change over the whole sweep (from K = 1, a one-sample ELBO, when it starts there) and over its last "
+            "decade of K.\n")
 
 
 def overview_report(*, where: dict[str, Path] | None = None) -> tuple[str, list[Path]]:

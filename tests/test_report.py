@@ -186,7 +186,9 @@ def test_a_specs_evaluations_pick_the_runs_it_names(exported):
 
     where, _, tracker = exported
     runs = load_results(where["results"])["runs"]
-    items = spec_evaluations(load_spec(ROOT / "experiments" / "kl_floor.toml"), tracker)
+    spec = load_spec(ROOT / "experiments" / "kl_floor.toml")
+    assert spec_evaluations(spec, tracker, preset_name="cpu") == []   # the store's runs are smoke runs
+    items = spec_evaluations(spec, tracker, preset_name="smoke", dataset=None, overrides=FAST)
     by_kind = {kind: {i["run_id"] for i in items if i["kind"] == kind} for kind in ("complete", "test", "k_sweep", "fp32")}
     assert by_kind["complete"] == set(runs.run_id)
     setting = {row.run_id: ("lm" if row.kind == "lm" else row.setting) for row in runs.itertuples()}
