@@ -13,6 +13,7 @@ M is diagonal, so the exact posterior IS a diagonal Gaussian and the model fits 
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from gptvae.latents import DiagonalGaussian, StandardNormal
 from gptvae.metrics import (
     active_units,
     evaluate,
+    evaluate_split,
     importance_weighted_estimate,
     importance_weighted_nll,
     iw_nll_curve,
@@ -420,3 +422,25 @@ def test_evaluate_bf16_autocast_close_to_fp32():
     bf16 = evaluate(vae, split, iw_samples=4, max_tokens=96, autocast=True)
     assert bf16["iw_nll"] == pytest.approx(fp32["iw_nll"], rel=0.05)
     assert bf16["n_tokens"] == fp32["n_tokens"]
+
+
+class Ignores(TokenLinearGaussian):
+    """The same model whose likelihood does not read z: a decoder that ignores its latent."""
+
+    def log_likelihood(self, tokens, z):
+        return self.lg.log_marginal(self.features(tokens))
+
+
+def test_decoder_use_is_zero_for_a_decoder_that_ignores_z_and_positive_for_one_that_reads_it():
+    """Rec with another sentence's z minus Rec with its own: exactly 0 when p(x|z) does not depend on z,
+    above 0 when z carries x (a nearly noiseless linear-Gaussian model); a batch of one has no other
+    sentence, so its value is missing rather than a self-comparison."""
+    split = token_split()
+    ignores = evaluate_split(Ignores([2.0, 0.5, 0.05, 0.001]), split, iw_samples=2, max_tokens=64, seed=0)
+    assert ignores.metrics["decoder_use_per_token"] == 0.0
+    assert np.array_equal(ignores.sentences["rec_other"], ignores.sentences["rec"])
+    reads = evaluate_split(TokenLinearGaussian([100.0] * 4), split, iw_samples=2, max_tokens=64, seed=0)
+    weak = evaluate_split(TokenLinearGaussian([0.01] * 4), split, iw_samples=2, max_tokens=64, seed=0)
+    assert reads.metrics["decoder_use_per_token"] > 0.5 > weak.metrics["decoder_use_per_token"] > 0   # z varies less
+    alone = evaluate_split(TokenLinearGaussian([0.01] * 4), split, iw_samples=2, max_tokens=1, seed=0)
+    assert np.isnan(alone.sentences["rec_other"]).all()
