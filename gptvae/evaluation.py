@@ -110,7 +110,7 @@ def reconstruction_bleu(model, split: Split, vocab, *, max_new_tokens: int, batc
             refs += [vocab.decode(s) for s in x]
     metrics, sentences = {}, {}
     for key, hyps in (("recon_bleu", from_mu), ("recon_bleu_masked", masked)):
-        metrics[key] = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none").score
+        metrics[key] = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none", force=True).score
         sentences[key] = np.array([sacrebleu.sentence_bleu(h, [r], tokenize="none", smooth_method="exp").score
                                    for h, r in zip(hyps, refs)])
     return Scores(metrics, sentences)
