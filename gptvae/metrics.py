@@ -413,10 +413,11 @@ def evaluate_split(
     of predicted tokens n(x) = non-PAD tokens - 1, words + EOS):
       n_sequences, n_tokens, iw_samples, mc_samples   what was measured
       rec, kl, neg_elbo, nll_bound_per_token          the ELBO's terms (Rec from mc_samples z ~ q)
-      rec_other, decoder_use_per_token                Rec with the draws of the next sentence in the batch
+      rec_other, swap_penalty_per_token               Rec with the draws of the next sentence in the batch
                                                       (z ~ q(z|x') for another x'), and (rec_other - rec)
-                                                      summed over sentences / tokens: what the decoder
-                                                      loses without its own z, on inputs it was trained on
+                                                      summed over sentences / tokens: what a wrong z costs
+                                                      the decoder (not bounded by the KL: a penalty for
+                                                      being misled, not the information it uses)
       iw_nll, iw_nll_per_token, ppl                   IW-NLL with K = iw_samples, and PPL from it
       iw_ess_median                                   the median effective sample size of the K weights:
                                                       near 1, K samples cannot estimate log p(x)
@@ -466,7 +467,7 @@ def evaluate_split(
             z = posterior.sample(mc_samples, generator=generator)
             ll = log_likelihood_samples(model, tokens, z, chunk_size=chunk, autocast=autocast)
             per["rec"][index] = -ll.double().mean(0).cpu()
-            # decoder-side use: the same draws given to the next sentence of the batch (an input the decoder
+            # the swap penalty: the same draws given to the next sentence of the batch (an input the decoder
             # was trained on, unlike a masked slot); a batch of one has no other sentence
             if len(index) > 1:
                 other = log_likelihood_samples(model, tokens, z.roll(1, dims=1), chunk_size=chunk, autocast=autocast)
@@ -501,7 +502,7 @@ def evaluate_split(
         iw_ess_median=per["iw_ess"].median().item(),
     )
     usable = ~torch.isnan(per["rec_other"])   # sentences that had another sentence in their batch
-    out["decoder_use_per_token"] = ((per["rec_other"] - per["rec"])[usable].sum()
+    out["swap_penalty_per_token"] = ((per["rec_other"] - per["rec"])[usable].sum()
                                     / per["tokens"][usable].sum().clamp(min=1)).item()
     sentences = {"row": np.arange(num), **{k: v.numpy() for k, v in per.items()}, "neg_elbo": neg_elbo.numpy()}
     sentences["tokens"] = sentences["tokens"].astype(np.int64)

@@ -52,7 +52,8 @@ def _spec(name: str, where) -> SweepSpec:
 
 
 MARGIN = 0.005       # nats per token: differences inside +- this, with an interval inside it too, "tie"
-PER_TOKEN = {"iw_nll": True, "lm_nll": True, "neg_elbo": True, "rec": True, "decoder_use": True, "kl": False}
+PER_TOKEN = {"iw_nll": True, "lm_nll": True, "neg_elbo": True, "rec": True, "decoder_use": True, "swap_penalty": True,
+             "kl": False}
 
 
 def _setting_rows(runs: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, object, pd.DataFrame]]:
@@ -70,22 +71,24 @@ def _setting_rows(runs: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, object
 
 
 def _per_seed(rows: pd.DataFrame, results_dir: Path, split: str) -> dict[int, pd.DataFrame]:
-    """seed -> the run's per-sentence results on `split`, with decoder_use = Rec with another sentence's z
-    minus Rec with its own (NaN where the run's table predates rec_other)."""
+    """seed -> the run's per-sentence results on `split`, with two derived columns:
+    decoder_use = IW-NLL - Rec, what the decoder gains from its own z against its own marginal likelihood
+    (NLL - Rec = KL - KL(q || p(z|x)) <= KL: bounded by the rate; IW-NLL over-states it by its looseness);
+    swap_penalty = Rec with another sentence's z - Rec with its own (NaN where not measured)."""
     out = {}
     for row in rows.itertuples():
         frame = load_sentences(results_dir, row.run_id, split)
         if frame is not None:
             other = frame["rec_other"] if "rec_other" in frame else float("nan")
-            out[int(row.seed)] = frame.assign(decoder_use=other - frame.rec)
+            out[int(row.seed)] = frame.assign(decoder_use=frame.iw_nll - frame.rec, swap_penalty=other - frame.rec)
     return out
 
 
-def _decoder_use(data: dict[int, pd.DataFrame]) -> Interval | None:
-    """The paired decoder-side use, or None when no run measured rec_other."""
-    if not data or all(frame.decoder_use.isna().all() for frame in data.values()):
+def _paired_column(data: dict[int, pd.DataFrame], column: str) -> Interval | None:
+    """The paired per-token mean of a derived column, or None when no run measured it."""
+    if not data or all(frame[column].isna().all() for frame in data.values()):
         return None
-    return paired(data, None, "decoder_use", per_token=True)
+    return paired(data, None, column, per_token=True)
 
 
 def has_sentences(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, split: str) -> bool:
@@ -147,7 +150,8 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
     settings = [(label, value, rows) for label, value, rows in _setting_rows(runs, spec) if value is not None]
     vae = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)]
     probe = next((c.removeprefix(f"{split}.probe_z_acc_") for c in vae if c.startswith(f"{split}.probe_z_acc_")), None)
-    header = [spec.label, "seeds", "KL (nats)", "MI (nats)", "AU", "Rec, other's z − own (nats/token)", "decoder",
+    header = [spec.label, "seeds", "KL (nats)", "MI (nats)", "AU", "IW-NLL − Rec (nats/token)", "decoder",
+              "swap penalty (nats/token)",
               *(["probe on z", "probe, untrained"] if probe else []), "BLEU, z = μ", "BLEU, z masked"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
@@ -157,16 +161,15 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
         return over_seeds(rows[key]).format(digits)
 
     for label, _, rows in settings:
-        gain = _decoder_use(_per_seed(rows, results_dir, split))
-        if gain is not None:
-            gain_text, word = gain.format(3, signed=True), use_word(gain, margin=MARGIN)
-        else:
-            gain_text, word = "n/a: not measured", "–"
+        data = _per_seed(rows, results_dir, split)
+        gain, swap = _paired_column(data, "decoder_use"), _paired_column(data, "swap_penalty")
+        gain_text, word = (gain.format(3, signed=True), use_word(gain, margin=MARGIN)) if gain else ("–", "–")
+        swap_text = swap.format(3, signed=True) if swap else "n/a: not measured"
         mi = seeds_of(rows, f"{split}.mi", 2)
         if f"{split}.mi_noise" in rows and rows[f"{split}.mi_noise"].notna().any():
             mi += f" (noise {rows[f'{split}.mi_noise'].mean():.2f})"
         cells = [label, str(len(rows)), seeds_of(rows, f"{split}.kl", 2), mi, seeds_of(rows, f"{split}.au", 1),
-                 gain_text, word, *([seeds_of(rows, f"{split}.probe_z_acc_{probe}", 3),
+                 gain_text, word, swap_text, *([seeds_of(rows, f"{split}.probe_z_acc_{probe}", 3),
                                      seeds_of(rows, f"{split}.probe_untrained_z_acc_{probe}", 3)] if probe else []),
                  seeds_of(rows, f"{split}.recon_bleu", 1), seeds_of(rows, f"{split}.recon_bleu_masked", 1)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -182,12 +185,13 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
     if ((modes == "per_dim") & (floors > 0)).any():
         notes.append("a per-dimension floor removes the KL's pull on each dimension below it, so every dimension "
                      "can keep Var_x E_q[z_d] above δ almost for free: AU then saturates at D without saying how "
-                     "much the decoder uses z, which the next two columns measure")
-    notes.append(f"*Rec, other's z − own* is the reconstruction term of each sentence with z drawn from another "
-                 f"sentence's posterior minus that with its own, paired per sentence: what the decoder loses without "
-                 f"its own z, on inputs it was trained on (unlike a masked latent slot, which a decoder trained "
-                 f"without latent dropout never saw); *uses z* when its interval lies above {MARGIN} nats/token, "
-                 f"*ignores z* when it lies within ±{MARGIN}")
+                     "much the decoder uses z, which the next columns measure")
+    notes.append(f"*IW-NLL − Rec* is, per sentence and paired, the model's NLL without z (its own marginal, "
+                 f"estimated by IW-NLL) minus the reconstruction term with its own z ~ q(z|x): what the decoder gains "
+                 f"from z, which equals KL − KL(q ‖ p(z|x)) and so cannot exceed the rate (the IW estimate over-states "
+                 f"it by the bound's looseness); *uses z* when its interval lies above {MARGIN} nats/token, *ignores "
+                 f"z* when it lies within ±{MARGIN}. The *swap penalty* is Rec with another sentence's z minus Rec "
+                 f"with its own: what a wrong z costs the decoder, which can exceed the rate")
     if probe:
         majority = vae[f"{split}.probe_majority_{probe}"].mean() if f"{split}.probe_majority_{probe}" in vae else math.nan
         notes.append(f"the {probe} probe is a logistic regression on one sampled z per sentence, fit on training "
@@ -366,6 +370,7 @@ class Convergence:
     runs: int
     converged: int
     judged: int
+    stopped_early: int
     largest_move: float
     steps: tuple[int, int]
     epochs: tuple[float, float] | None
@@ -485,6 +490,11 @@ class PaperContext:
         """Whether the IW-NLL of a setting is an estimate (its weights' median ESS is at least ESS_FLOOR)."""
         return not not_estimable(self._rows(experiment, setting), split)
 
+    def converged(self, experiment: str, setting) -> bool:
+        """Whether every run of a setting passed the plateau test (a setting with any snapshot is not)."""
+        rows = self._rows(experiment, setting)
+        return "train.converged" in rows and bool((rows["train.converged"] == 1).all()) and not rows.empty
+
     def max_seeds(self) -> int:
         """The most seeds any setting of any ablation has."""
         return int(self.runs.groupby(["experiment", "kind", "value"], dropna=False).seed.nunique().max())
@@ -519,14 +529,13 @@ class PaperContext:
         return Comparison(diff, word)
 
     def use(self, experiment: str, setting, *, split: str = "valid") -> Comparison:
-        """What the decoder loses without its own z (Rec with another sentence's z minus Rec with its own,
-        paired per sentence) and the word: "uses z", "ignores z" or "not resolved" (gptvae.stats.use);
-        "n/a: not measured" for runs evaluated before rec_other existed."""
+        """What the decoder gains from its own z: IW-NLL - Rec, paired per sentence (bounded by the KL), and
+        the word: "uses z", "ignores z" or "not resolved" (gptvae.stats.use)."""
         rows = self._rows(experiment, setting)
         if rows.empty:
             raise KeyError(f"{experiment}: no exported runs for {setting!r}")
         self._cite(rows)
-        diff = _decoder_use(_per_seed(rows, self.where["results"], split))
+        diff = _paired_column(_per_seed(rows, self.where["results"], split), "decoder_use")
         if diff is None:
             return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), "n/a: not measured")
         return Comparison(diff, use_word(diff, margin=MARGIN))
@@ -576,8 +585,9 @@ class PaperContext:
         if "data.train_batches" in self.runs and self.runs["data.train_batches"].notna().any():
             per_epoch = float(self.runs["data.train_batches"].dropna().iloc[0])
             epochs = (float(steps.min()) / per_epoch, float(steps.max()) / per_epoch)
+        early = int(rows["train.stopped_early"].fillna(0).sum()) if "train.stopped_early" in rows else 0
         return Convergence(runs=len(rows), converged=int(rows.loc[judged, "train.converged"].sum()),
-                           judged=int(judged.sum()), largest_move=float(move),
+                           judged=int(judged.sum()), stopped_early=early, largest_move=float(move),
                            steps=(int(steps.min()), int(steps.max())), epochs=epochs)
 
     def fp32_check(self) -> dict | None:
@@ -633,7 +643,7 @@ class PaperContext:
     def functions(self) -> dict:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const",
-                 "estimable", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
+                 "estimable", "converged", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
                  "use", "trend", "convergence", "fp32_check", "has", "count", "seeds", "ablations", "missing")
         return {name: getattr(self, name) for name in names}
 

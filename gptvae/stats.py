@@ -154,12 +154,12 @@ def verdict(diff: Interval, *, margin: float, higher_is_worse: bool = True) -> s
 
 
 def use(diff: Interval, *, margin: float) -> str:
-    """What the decoder-side measure licenses: diff is the paired reconstruction term with another
-    sentence's z minus that with the sentence's own z ~ q(z|x) (nats/token): what the decoder loses
-    without its own z.
+    """What the decoder-side measure licenses: diff is the paired NLL without z (the model's marginal)
+    minus the reconstruction term with its own z ~ q(z|x) (nats/token): what the decoder gains from z,
+    at most the KL.
 
     uses z          the whole interval lies above the margin
-    ignores z       the interval lies within +- margin: another sentence's z does as well
+    ignores z       the interval lies within +- margin: z gains the decoder nothing that matters
     not resolved    otherwise (a single seed included: no interval over seeds)
     """
     if math.isnan(diff.low):

@@ -385,7 +385,7 @@ def tiny_models():
 
 KEYS = {"n_sequences", "n_tokens", "iw_samples", "mc_samples", "mi_samples", "rec", "kl", "neg_elbo",
         "nll_bound_per_token", "iw_nll", "iw_nll_per_token", "ppl", "mi", "au", "lm_nll", "lm_nll_per_token",
-        "lm_ppl", "mi_ceiling", "iw_ess_median"}
+        "lm_ppl", "mi_ceiling", "iw_ess_median", "swap_penalty_per_token"}
 
 
 def test_evaluate_is_deterministic_and_complete():
@@ -431,16 +431,16 @@ class Ignores(TokenLinearGaussian):
         return self.lg.log_marginal(self.features(tokens))
 
 
-def test_decoder_use_is_zero_for_a_decoder_that_ignores_z_and_positive_for_one_that_reads_it():
+def test_the_swap_penalty_is_zero_for_a_decoder_that_ignores_z_and_positive_for_one_that_reads_it():
     """Rec with another sentence's z minus Rec with its own: exactly 0 when p(x|z) does not depend on z,
-    above 0 when z carries x (a nearly noiseless linear-Gaussian model); a batch of one has no other
+    above 0 when z carries x (an informative linear-Gaussian model); a batch of one has no other
     sentence, so its value is missing rather than a self-comparison."""
     split = token_split()
     ignores = evaluate_split(Ignores([2.0, 0.5, 0.05, 0.001]), split, iw_samples=2, max_tokens=64, seed=0)
-    assert ignores.metrics["decoder_use_per_token"] == 0.0
+    assert ignores.metrics["swap_penalty_per_token"] == 0.0
     assert np.array_equal(ignores.sentences["rec_other"], ignores.sentences["rec"])
     reads = evaluate_split(TokenLinearGaussian([100.0] * 4), split, iw_samples=2, max_tokens=64, seed=0)
     weak = evaluate_split(TokenLinearGaussian([0.01] * 4), split, iw_samples=2, max_tokens=64, seed=0)
-    assert reads.metrics["decoder_use_per_token"] > 0.5 > weak.metrics["decoder_use_per_token"] > 0   # z varies less
+    assert reads.metrics["swap_penalty_per_token"] > 0.5 > weak.metrics["swap_penalty_per_token"] > 0   # z varies less
     alone = evaluate_split(TokenLinearGaussian([0.01] * 4), split, iw_samples=2, max_tokens=1, seed=0)
     assert np.isnan(alone.sentences["rec_other"]).all()

@@ -67,12 +67,13 @@ def synthetic_study(folder: Path, *, floor_effect: float, use: float, width: int
                        "setting": "" if value is None else str(value), "preset": "cpu", "dataset": "yelp",
                        "run_id": run_id, "trained_in": spec.experiment, "parent_run_id": f"parent-{spec.name}",
                        "config_hash": f"{spec.name}{position}", **_config(spec, value, kind, width=width),
-                       "train.converged": 1.0, "train.plateau_improvement": 0.004, "train.steps_trained": 1800 + 100 * seed}
+                       "train.converged": 1.0, "train.plateau_improvement": 0.004, "train.steps_trained": 1800 + 100 * seed,
+                       "train.stopped_early": float(seed < 2)}
                 for split in ("valid", "test"):
                     iw = difficulty[split] + seed_effect + effect + rng.normal(0, 0.2, N)
-                    rec = iw + (0.0 if kind == "lm" else 0.5) - gain
+                    rec = iw - gain + (0.0 if kind == "lm" else rng.normal(0, 0.01, N))   # NLL - Rec: the gain
                     frame = pd.DataFrame({"row": np.arange(N), "sentence": np.arange(N), "tokens": tokens, "rec": rec,
-                                          "rec_other": rec + gain + rng.normal(0, 0.01, N),
+                                          "rec_other": rec + gain + 0.5,
                                           "kl": np.full(N, 0.0 if kind == "lm" else 2.0 * numeric), "iw_nll": iw,
                                           "lm_nll": rec + gain, "neg_elbo": iw + 0.6,
                                           "recon_bleu": np.full(N, 5.0), "recon_bleu_masked": np.full(N, 1.0)})
