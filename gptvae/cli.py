@@ -90,13 +90,9 @@ def cmd_sweep(args) -> None:
 
 def _matches(params: dict[str, str], where: dict) -> bool:
     """Whether a run's logged config holds every KEY=VALUE of --where (numbers compared as numbers)."""
-    def same(logged, wanted) -> bool:
-        try:
-            return float(logged) == float(wanted)
-        except (TypeError, ValueError):
-            return str(logged) == str(wanted)
+    from gptvae.evaluation import same_setting
 
-    return all(key in params and same(params[key], value) for key, value in where.items())
+    return all(key in params and same_setting(params[key], value) for key, value in where.items())
 
 
 def cmd_evaluate(args) -> None:

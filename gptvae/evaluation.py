@@ -356,7 +356,7 @@ def spec_evaluations(spec, tracker: Tracker, *, preset_name: str = "cpu", datase
         runs.append((run_id, setting, int(params.get("train.seed", -1)), params))
 
     def chosen(settings):
-        return [(r, p) for r, setting, seed, p in runs if seed == FP32_SEED and any(_same(setting, v) for v in settings)]
+        return [(r, p) for r, setting, seed, p in runs if seed == FP32_SEED and any(same_setting(setting, v) for v in settings)]
 
     def own(p):   # a run's final validation protocol, as its config set it
         return {"split": "valid", "iw_samples": int(p["eval.iw_samples"]),
@@ -371,7 +371,8 @@ def spec_evaluations(spec, tracker: Tracker, *, preset_name: str = "cpu", datase
     return out
 
 
-def _same(logged, wanted) -> bool:
+def same_setting(logged, wanted) -> bool:
+    """A logged param against a wanted value: numbers as numbers ("1.0" is 1), the rest as text."""
     try:
         return float(logged) == float(wanted)
     except (TypeError, ValueError):
