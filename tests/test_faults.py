@@ -30,9 +30,16 @@ def write_spec(folder: Path, name: str, factor: str, values) -> Path:
     return path
 
 
+def _as_from_a_terminal() -> None:
+    """A command started from a terminal gets Ctrl-C; one started beside a background job (`make test &`,
+    nohup) inherits SIGINT ignored, and would never see it. The tests' sweeps start as from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def gptvae(*args, uri: str, env=None, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "gptvae", *args], env={**os.environ, "MLFLOW_TRACKING_URI": uri,
-                            **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_terminal, **kwargs)
 
 
 def sweep_args(spec: Path, runs: Path, *extra) -> list[str]:
