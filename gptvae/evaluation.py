@@ -349,9 +349,10 @@ def spec_evaluations(spec, tracker: Tracker, *, preset_name: str = "cpu", datase
     out = []
     runs = []
     for run_id in tracker.trained_runs(spec.experiment):
-        if tracker.run(run_id).data.tags.get(TAG_HASH) not in planned:   # another preset's run, or an old one
+        run = tracker.run(run_id)
+        if run.data.tags.get(TAG_HASH) not in planned:   # another preset's run, or an old one
             continue
-        params = tracker.params(run_id)
+        params = run.data.params
         setting = "lm" if params.get("model.kind") == "lm" else params.get(spec.factor)
         runs.append((run_id, setting, int(params.get("train.seed", -1)), params))
 

@@ -267,13 +267,12 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
         "rate_distortion": plots.rate_distortion(runs, spec.experiment, factor_label=spec.label, names=names),
         "curves": plots.training_curves(res["history"], runs, spec.experiment, factor_label=spec.label, names=names),
     }
-    vae_runs = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)].run_id
-    if not res["units"].empty and res["units"].run_id.isin(vae_runs).any():
+    shown = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)].run_id
+    if not res["units"].empty and res["units"].run_id.isin(shown).any():
         figures["units"] = plots.unit_information(res["units"], runs, spec.experiment, factor_label=spec.label,
                                                   names=names)
     points = res["posterior_means"]
     label_column = next((c for c in ("sentiment", "position") if c in points), None)
-    shown = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)].run_id
     if label_column and points.run_id.isin(shown).any():   # runs trained before runs logged them have none
         figures["posterior"] = plots.posterior_means(res["posterior_means"], runs, spec.experiment,
                                                      label=label_column, symbol=spec.symbol, names=names)
@@ -386,8 +385,7 @@ class PaperContext:
 
     def __init__(self, where: dict[str, Path], out_dir: Path):
         self.where, self.out_dir = where, out_dir
-        results = load_results(where["results"])
-        self.runs, self.ksweep = results["runs"], results["ksweep"]
+        self.runs = load_results(where["results"])["runs"]
         self.specs = specs(where)
         self.cited: dict[str, set[str]] = {}
 
@@ -402,9 +400,6 @@ class PaperContext:
 
     def has_table(self, name: str) -> bool:
         return (self.where["tables"] / f"{name}.md").is_file()
-
-    def has_figure(self, name: str) -> bool:
-        return (self.where["figures"] / f"{name}.png").is_file()
 
     def table(self, name: str) -> str:
         """A generated table ("kl-floor_likelihood"); the runs of its ablation are cited."""
@@ -642,7 +637,7 @@ class PaperContext:
 
     def functions(self) -> dict:
         """What the template may call, by name."""
-        names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const",
+        names = ("table", "figure", "has_table", "value", "has_value", "const", "has_const",
                  "estimable", "converged", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
                  "use", "trend", "convergence", "fp32_check", "has", "count", "seeds", "ablations", "missing")
         return {name: getattr(self, name) for name in names}
