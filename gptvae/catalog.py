@@ -7,6 +7,7 @@ is the specs themselves: `gptvae.sweep.load_specs()` gives each ablation's label
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -86,9 +87,20 @@ def not_estimable(rows, split: str = "valid") -> str | None:
     return None
 
 
+def mi_at_ceiling(mi: float, ceiling: float) -> bool:
+    """Whether a whole-set MI estimate is saturated, so that it bounds the MI from below only.
+
+    With q(z) estimated from the N posteriors themselves, log N - MI = mean_i log(1 + r_i), where r_i is
+    the density the other N - 1 posteriors put at z_i relative to x_i's own. Once the estimate is within
+    log 2 of log N, the sentences' own components outweigh all others at their samples (r_i <= 1 in the
+    geometric mean): the estimator is separating the N sentences, and more information in z could not
+    raise it much further. It then reads ">= estimate (at ceiling)", never as the MI."""
+    return bool(math.isfinite(mi) and math.isfinite(ceiling) and mi >= ceiling - math.log(2))
+
+
 def metric(key: str) -> Metric:
     """The catalogue entry of `key`; an uncatalogued key gets a plain one (named by its key, 3 digits)."""
     return METRICS.get(key) or Metric(key, key)
 
 
-__all__ = ["ESS_FLOOR", "ESTIMATED", "FIGURE", "METRICS", "Metric", "metric", "not_estimable"]
+__all__ = ["ESS_FLOOR", "ESTIMATED", "FIGURE", "METRICS", "Metric", "metric", "mi_at_ceiling", "not_estimable"]

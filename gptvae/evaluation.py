@@ -335,7 +335,8 @@ def spec_evaluations(spec, tracker: Tracker, *, preset_name: str = "cpu", datase
     """What a spec asks of the runs this store holds at one preset (and dataset), as (kind, run id,
     protocol) rows: every run's own
     validation table completed where it lacks a column ("complete"), and what [evaluations] asks: every
-    run on the test split (test = true), and seed FP32_SEED of the listed settings as a K sweep on
+    run on the whole validation split at its own K (whole_valid = true; a no-op for a run whose final
+    evaluation was on the whole split), every run on the test split (test = true), and seed FP32_SEED of the listed settings as a K sweep on
     validation (k_sweep) or the final validation protocol again in fp32 (fp32). Each is idempotent: a
     protocol already logged in full is not computed again."""
     from gptvae.sweep import plan_runs
@@ -365,6 +366,8 @@ def spec_evaluations(spec, tracker: Tracker, *, preset_name: str = "cpu", datase
 
     # every run's own validation table, completed where it was logged before a column existed (no-op otherwise)
     out += [{"kind": "complete", "run_id": r, **own(p)} for r, _, _, p in runs]
+    if wanted.get("whole_valid"):   # the same K on every validation sentence: what the paper's comparisons read
+        out += [{"kind": "whole_valid", "run_id": r, **own(p), "max_sequences": None} for r, _, _, p in runs]
     if wanted.get("test"):
         out += [{"kind": "test", "run_id": r, **TEST_PROTOCOL} for r, *_ in runs]
     out += [{"kind": "k_sweep", "run_id": r, **KSWEEP_PROTOCOL} for r, _ in chosen(wanted.get("k_sweep", []))]

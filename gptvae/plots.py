@@ -207,8 +207,8 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
             lm = runs[(runs.experiment == experiment) & (runs.kind == BASELINE)][["run_id"]]
             points = history[(history.key == key) & history.run_id.isin(lm.run_id)]
             if not points.empty:
-                ax.plot(*zip(*points.groupby("step")["value"].mean().items()), color="0.35", linestyle="--",
-                        linewidth=1, label="LM")
+                ax.plot(*zip(*points.groupby("step")["value"].mean().items()), color="black", linestyle="--",
+                        linewidth=1.2, label="LM baseline", zorder=5)   # on top: it runs close to a collapsed VAE
         if key in ("val/au", "val/kl"):
             ax.set_ylim(bottom=0)
         if key == "val/nll_bound_per_token" and not curves.empty:   # the plateau, not the first steps' fall
@@ -220,7 +220,8 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
                 ax.set_title("(steps before 20% of training are above this range)", fontsize=8)
         ax.set_xlabel("training step")
         ax.set_ylabel(metric(key).axis)
-    axes.flat[-1].legend(title=factor_label, loc="best", ncol=2)
+    handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
+    axes.flat[-1].legend(handles.values(), handles.keys(), title=factor_label, loc="best", ncol=2)
     seeds = runs.loc[runs.experiment == experiment, "seed"].nunique()
     fig.suptitle(f"Training: the validation bound (-ELBO), KL and active units (mean and range over {seeds} "
                  f"seed{'s' * (seeds > 1)})")

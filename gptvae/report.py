@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from gptvae import plots
-from gptvae.catalog import ESS_FLOOR, ESTIMATED, not_estimable
+from gptvae.catalog import ESS_FLOOR, ESTIMATED, mi_at_ceiling, not_estimable
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
 from gptvae.results import load_results, load_sentences
@@ -51,7 +52,8 @@ def _spec(name: str, where) -> SweepSpec:
     return catalogue[experiment]
 
 
-MARGIN = 0.005       # nats per token: differences inside +- this, with an interval inside it too, "tie"
+MARGIN = 0.01        # nats per token: a difference whose whole interval lies inside +- this "ties"; 1% of
+                     # perplexity (exp(0.01) = 1.010), the smallest difference worth a word
 PER_TOKEN = {"iw_nll": True, "lm_nll": True, "neg_elbo": True, "rec": True, "decoder_use": True, "swap_penalty": True,
              "kl": False}
 
@@ -77,7 +79,7 @@ def _per_seed(rows: pd.DataFrame, results_dir: Path, split: str) -> dict[int, pd
     swap_penalty = Rec with another sentence's z - Rec with its own (NaN where not measured)."""
     out = {}
     for row in rows.itertuples():
-        frame = load_sentences(results_dir, row.run_id, split)
+        frame = load_sentences(results_dir, row.run_id, _protocol_of(rows, row.Index, split))
         if frame is not None:
             other = frame["rec_other"] if "rec_other" in frame else float("nan")
             out[int(row.seed)] = frame.assign(decoder_use=frame.iw_nll - frame.rec, swap_penalty=other - frame.rec)
@@ -91,9 +93,16 @@ def _paired_column(data: dict[int, pd.DataFrame], column: str) -> Interval | Non
     return paired(data, None, column, per_token=True)
 
 
+def _protocol_of(rows: pd.DataFrame, index, split: str) -> str:
+    """The evaluation a run's numbers on `split` come from (`results.widest_evaluations`)."""
+    column = f"{split}.protocol"
+    return split if column not in rows or pd.isna(rows.at[index, column]) else str(rows.at[index, column])
+
+
 def has_sentences(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, split: str) -> bool:
     rows = runs[runs.experiment == spec.experiment]
-    return any(load_sentences(results_dir, run_id, split) is not None for run_id in rows.run_id)
+    return any(load_sentences(results_dir, row.run_id, _protocol_of(rows, row.Index, split)) is not None
+               for row in rows.itertuples())
 
 
 def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid") -> str:
@@ -104,12 +113,13 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
     data = {label: _per_seed(rows, results_dir, split) for label, _, rows in settings}
     by_label = {label: rows for label, _, rows in settings}
     reference = spec.setting(spec.reference_value)
-    header = [spec.label, "seeds", "IW-NLL", f"vs {reference}", "vs LM", "-ELBO", "NLL, z masked", "converged"]
+    header = [spec.label, "seeds", "IW-NLL", f"ESS < {ESS_FLOOR:g}", f"vs {reference}", "vs LM", "-ELBO",
+              "NLL, z masked", "converged"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, _, rows in settings:
         seeds = data[label]
         if not seeds:
-            lines.append(f"| {label} | {len(rows)} | no per-sentence results on {split} | | | | | |")
+            lines.append(f"| {label} | {len(rows)} | no per-sentence results on {split} |" + " |" * (len(header) - 3))
             continue
         reason = not_estimable(rows, split)
         iw = reason or paired(seeds, None, "iw_nll", per_token=True).format(3)
@@ -120,7 +130,8 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
             diff = paired(seeds, data[other], "iw_nll", per_token=True)
             return f"{diff.format(3, signed=True)} {verdict(diff, margin=MARGIN)}"
 
-        cells = [label, str(len(seeds)), iw, versus(reference), versus("LM baseline"),
+        cells = [label, str(len(seeds)), iw, "–" if label == "LM baseline" else _low_ess_share(seeds),
+                 versus(reference), versus("LM baseline"),
                  paired(seeds, None, "neg_elbo", per_token=True).format(3),
                  paired(seeds, None, "lm_nll", per_token=True).format(3),
                  _converged(rows)]
@@ -128,12 +139,14 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
     k = _protocol(runs, spec, split, "iw_samples")
     return ("\n".join(lines) + "\n\n" + f"Nats per token on {split} ({_sentences(data)} sentences per run, IW-NLL "
             f"with K = {k}; seeds: {_seed_count(data)}): the mean over seeds with a 95% interval that adds the "
-            f"spread over seeds (t quantile with seeds − 1 degrees of freedom) to a bootstrap over sentences; "
+            f"spread over seeds to a bootstrap over sentences (t quantile at their Welch–Satterthwaite degrees of freedom); "
             f"differences are paired per seed and per sentence (setting minus the other). Words: *ties* when the "
             f"interval lies within ±{MARGIN} nats/token, else *costs* / *buys* when it excludes 0, else *not "
             f"resolved*; one seed gets no word. The VAE's IW-NLL is an upper bound on its NLL (the LM's is exact), "
             f"so *costs* against the LM says the bound costs. An IW-NLL whose importance weights have a median "
-            f"effective sample size below {ESS_FLOOR:g} is not an estimate and prints as n/a. *Converged*: runs whose "
+            f"effective sample size below {ESS_FLOOR:g} is not an estimate and prints as n/a; *ESS < {ESS_FLOOR:g}* is the "
+            f"share of sentences whose weights are that degenerate (mean over seeds), where the estimate rests on "
+            f"one or two samples. *Converged*: runs whose "
             f"validation bound moved by less than the preset's tolerance over its last evaluations.\n")
 
 
@@ -141,6 +154,46 @@ def _protocol(runs: pd.DataFrame, spec: SweepSpec, split: str, key: str) -> str:
     values = runs.loc[runs.experiment == spec.experiment, f"{split}.{key}"].dropna().unique() \
         if f"{split}.{key}" in runs else []
     return "/".join(f"{v:g}" for v in sorted(values)) or "?"
+
+
+LENGTH_BINS = 3   # sentence-length groups of the use-by-length table: terciles of the tokens per sentence
+
+
+def use_by_length_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid") -> str:
+    """What the decoder gains from z (IW-NLL − Rec, nats/token, paired per sentence) within groups of
+    sentences by length: the terciles of tokens per sentence on the evaluated sentences. Whether the
+    latent's use concentrates on long sentences, where one vector has more to say, or short ones."""
+    settings = [(label, rows) for label, value, rows in _setting_rows(runs, spec) if value is not None]
+    data = {label: _per_seed(rows, results_dir, split) for label, rows in settings}
+    frames = [frame for seeds in data.values() for frame in seeds.values()]
+    if not frames:
+        return f"*No per-sentence results on {split}.*\n"
+    tokens = frames[0].set_index("sentence").tokens
+    inner = np.unique(np.floor(np.quantile(tokens, np.linspace(0, 1, LENGTH_BINS + 1)[1:-1])))
+    group = pd.Series(np.searchsorted(inner, tokens, side="left"), index=tokens.index)   # t <= edge: that group
+    bounds = [int(tokens.min()), *(int(e) + 1 for e in inner)], [*(int(e) for e in inner), int(tokens.max())]
+    names = [f"{lo}–{hi} tokens" if lo < hi else f"{lo} tokens" for lo, hi in zip(*bounds, strict=True)]
+    lines = ["| " + " | ".join([spec.label, "seeds", *names]) + " |", "|" + "---|" * (len(names) + 2)]
+    for label, seeds in data.items():
+        if not seeds:
+            continue
+        cells = [label, str(len(seeds))]
+        for g in range(len(names)):
+            keep = group.index[group == g]
+            part = {s: f[f.sentence.isin(keep)] for s, f in seeds.items()}
+            gain = _paired_column(part, "decoder_use")
+            if gain is None:
+                cells.append("–")
+                continue
+            per_sentence = paired(part, None, "decoder_use", per_token=False).estimate
+            cells.append(f"{gain.format(3, signed=True)} {use_word(gain, margin=MARGIN)}; {per_sentence:+.1f} per sentence")
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = ", ".join(f"{int((group == g).sum()):,}" for g in range(len(names)))
+    return ("\n".join(lines) + "\n\n" + f"On {split}: IW-NLL − Rec, what the decoder gains from its own z (nats/token, "
+            f"paired per seed and per sentence, 95% interval and word as in the use table), within the sentences of "
+            f"each length group, the terciles of length ({counts} sentences; tokens count the words and EOS); then the "
+            f"same gain in nats per sentence, its mean over the group: a latent that carries a fixed amount per "
+            f"sentence gains less per token on long sentences.\n")
 
 
 def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid") -> str:
@@ -165,10 +218,11 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
         gain, swap = _paired_column(data, "decoder_use"), _paired_column(data, "swap_penalty")
         gain_text, word = (gain.format(3, signed=True), use_word(gain, margin=MARGIN)) if gain else ("–", "–")
         swap_text = swap.format(3, signed=True) if swap else "n/a: not measured"
-        mi = seeds_of(rows, f"{split}.mi", 2)
-        if f"{split}.mi_noise" in rows and rows[f"{split}.mi_noise"].notna().any():
-            mi += f" (noise {rows[f'{split}.mi_noise'].mean():.2f})"
-        cells = [label, str(len(rows)), seeds_of(rows, f"{split}.kl", 2), mi, seeds_of(rows, f"{split}.au", 1),
+        noise = (f"noise {rows[f'{split}.mi_noise'].mean():.2f}"
+                 if f"{split}.mi_noise" in rows and rows[f"{split}.mi_noise"].notna().any() else None)
+        mi = mi_text(rows, split, note=noise) if f"{split}.mi" in rows and rows[f"{split}.mi"].notna().any() else "–"
+        au = count_text(rows[f"{split}.au"]) if f"{split}.au" in rows and rows[f"{split}.au"].notna().any() else "–"
+        cells = [label, str(len(rows)), seeds_of(rows, f"{split}.kl", 2), mi, au,
                  gain_text, word, swap_text, *([seeds_of(rows, f"{split}.probe_z_acc_{probe}", 3),
                                      seeds_of(rows, f"{split}.probe_untrained_z_acc_{probe}", 3)] if probe else []),
                  seeds_of(rows, f"{split}.recon_bleu", 1), seeds_of(rows, f"{split}.recon_bleu_masked", 1)]
@@ -178,8 +232,9 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
     if f"{split}.mi_ceiling" in vae and vae[f"{split}.mi_ceiling"].notna().any():
         ceiling = vae[f"{split}.mi_ceiling"].max()
         notes.append(f"the estimate saturates near log N = {ceiling:.2f} (N = {math.exp(ceiling):,.0f} sentences) "
-                     "and can pass it, or the KL, or 0, by its noise")
-    notes.append("AU counts dimensions with Var_x E_q[z_d] ≥ 0.01 (the literature's δ)")
+                     "and can pass it, or the KL, or 0, by its noise; within log 2 of log N it separates the "
+                     "sentences and bounds the MI from below only, and reads *≥ … (at ceiling)*")
+    notes.append("AU counts dimensions with Var_x E_q[z_d] ≥ 0.01 (the literature's δ), as a range where seeds differ")
     modes = vae["objective.free_bits_mode"] if "objective.free_bits_mode" in vae else pd.Series(dtype=object)
     floors = vae["objective.free_bits"] if "objective.free_bits" in vae else pd.Series(dtype=float)
     if ((modes == "per_dim") & (floors > 0)).any():
@@ -202,9 +257,31 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
     return "\n".join(lines) + "\n\n" + "; ".join(notes) + ".\n"
 
 
+def mi_text(rows: pd.DataFrame, split: str, digits: int = 2, *, note: str | None = None) -> str:
+    """The whole-set MI over seeds, as a lower bound where the estimate is at its ceiling (log N); `note`
+    joins the bracket (e.g. the estimator's noise)."""
+    iv = over_seeds(rows[f"{split}.mi"])
+    ceiling = float(rows[f"{split}.mi_ceiling"].max()) if f"{split}.mi_ceiling" in rows else math.nan
+    if mi_at_ceiling(iv.estimate, ceiling):
+        return f"≥ {iv.estimate:.{digits}f} (at ceiling{'; ' + note if note else ''})"
+    return iv.format(digits) + (f" ({note})" if note else "")
+
+
+def count_text(values: pd.Series) -> str:
+    """A count measured once per run (active units): the count where every seed agrees, else their range."""
+    counts = sorted({round(v) for v in values.dropna()})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
 def _seed_count(data) -> str:
     counts = {len(seeds) for seeds in data.values() if seeds}
     return "/".join(str(n) for n in sorted(counts)) or "0"
+
+
+def _low_ess_share(seeds: dict[int, pd.DataFrame]) -> str:
+    """The share of sentences whose importance weights have an ESS below the floor, mean over seeds."""
+    shares = [float((frame.iw_ess < ESS_FLOOR).mean()) for frame in seeds.values() if "iw_ess" in frame]
+    return f"{100 * np.mean(shares):.0f}%" if shares else "–"
 
 
 def _sentences(data) -> str:
@@ -244,7 +321,8 @@ def _names(spec: SweepSpec):
 
 def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple[str, list[Path]]:
     """Write the tables, samples and figures of one ablation ("kl-floor" or "ablation-kl-floor"):
-    <name>_likelihood.md (and _likelihood_test.md when runs were evaluated on test), <name>_use.md,
+    <name>_likelihood.md, <name>_use.md, <name>_use_by_length.md (and _likelihood_test.md, _use_test.md
+    when runs were evaluated on test),
     <name>_samples.md, and the figures. Returns the Markdown tables and the PNGs."""
     where = where or paths()
     spec = _spec(name, where)
@@ -254,9 +332,11 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
         return (f"*{spec.experiment} has no finished runs in {where['results']}: run `make {spec.experiment}` "
                 f"with the same PRESET, then `make results`.*\n"), []
     tables = {"likelihood": comparison_table(runs, spec, where["results"]),
-              "use": use_table(runs, spec, where["results"])}
+              "use": use_table(runs, spec, where["results"]),
+              "use_by_length": use_by_length_table(runs, spec, where["results"])}
     if has_sentences(runs, spec, where["results"], "test"):
         tables["likelihood_test"] = comparison_table(runs, spec, where["results"], split="test")
+        tables["use_test"] = use_table(runs, spec, where["results"], split="test")
     for kind, text in tables.items():
         atomic_write_text(where["tables"] / f"{spec.name}_{kind}.md", text)
     atomic_write_text(where["tables"] / f"{spec.name}_samples.md", samples_table(res["samples"], runs, spec))
@@ -438,6 +518,10 @@ class PaperContext:
         split, _, name = metric.partition(".")
         if name in ESTIMATED and (reason := not_estimable(rows, split)):
             return reason
+        if name == "mi":
+            return mi_text(rows, split, digits)
+        if name == "au":
+            return count_text(rows[metric])
         return over_seeds(rows[metric]).format(digits)
 
     def has_value(self, experiment: str, metric: str, setting=None) -> bool:
@@ -640,7 +724,7 @@ class PaperContext:
         names = ("table", "figure", "has_table", "value", "has_value", "const", "has_const",
                  "estimable", "converged", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
                  "use", "trend", "convergence", "fp32_check", "has", "count", "seeds", "ablations", "missing")
-        return {name: getattr(self, name) for name in names}
+        return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}
 
 
 HTML_STYLE = ("body{max-width:52rem;margin:2rem auto;font-family:'DejaVu Serif',Georgia,serif;line-height:1.45;"

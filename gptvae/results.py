@@ -25,7 +25,9 @@ Final metrics and curves come from the store; the rest from the artifacts each r
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -36,8 +38,18 @@ import pandas as pd
 from gptvae.errors import ResultsMissingError
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_csv
-from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_KIND, TAG_PARENT, TAG_PRESET, TAG_SAME_AS,
-                             TAG_SEED, TAG_VALUES, Tracker)
+from gptvae.tracking import (
+    TAG_DATASET,
+    TAG_FACTOR,
+    TAG_HASH,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_PRESET,
+    TAG_SAME_AS,
+    TAG_SEED,
+    TAG_VALUES,
+    Tracker,
+)
 
 FILES = ("runs.csv", "history.csv", "units.csv", "posterior_means.csv", "samples.csv")
 OPTIONAL = ("ksweep.csv",)   # written by every export; read as empty from exports made before it existed
@@ -100,7 +112,7 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
                 "trained_in": names.get(source.info.experiment_id, exp.name),
                 "parent_run_id": parent.info.run_id, "config_hash": tags[TAG_HASH],
                 **{k: _param(v) for k, v in params.items() if k.split(".", 1)[0] in CONFIG_SECTIONS},
-                **{k: v for k, v in params.items() if k.split(".", 1)[0] in ("valid", "test")},
+                **{k: v for k, v in params.items() if k.split(".", 1)[0].split("_", 1)[0] in ("valid", "test")},
                 **{k: v for k, v in source.data.metrics.items() if not k.startswith(("train/", "val/"))},
             })
     if lost:
@@ -335,13 +347,56 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame]:
     frames = {name.removesuffix(".csv"): read_csv(folder / name) for name in FILES}
     for name in OPTIONAL:
         frames[name.removesuffix(".csv")] = read_csv(folder / name) if (folder / name).is_file() else pd.DataFrame()
+    frames["runs"] = widest_evaluations(frames["runs"])
     return frames
 
 
+def widest_evaluations(runs: pd.DataFrame, splits=("valid", "test")) -> pd.DataFrame:
+    """Each run's <split>.* columns set to its widest evaluation on that split: of the protocols logged
+    with the run's own K and seed, in bf16 (its final evaluation "<split>", and "<split>_k<K>_n<N>" that
+    `evaluate` added, e.g. the whole split after a final evaluation on a subset), the one on the most
+    sentences. Its name goes to "<split>.protocol", which names the per-sentence file to read. The raw
+    columns stay under their own names, so runs.csv itself keeps every protocol."""
+    runs = runs.copy()
+    for split in splits:
+        if f"{split}.n_sequences" not in runs:
+            continue
+        pattern = re.compile(rf"^{split}_k(\d+)_n(\d+)$")   # no _s<seed>, no _fp32: the run's own protocol
+        others = {m.group(0): int(m.group(1)) for c in runs.columns
+                  if c.endswith(".n_sequences") and (m := pattern.match(c.removesuffix(".n_sequences")))}
+        protocols = []
+        for i in runs.index:
+            best, best_n = split, pd.to_numeric(runs.at[i, f"{split}.n_sequences"], errors="coerce")
+            if pd.isna(best_n):
+                protocols.append(None)
+                continue
+            for prefix, k in sorted(others.items()):
+                n = pd.to_numeric(runs.at[i, f"{prefix}.n_sequences"], errors="coerce")
+                if k == pd.to_numeric(runs.at[i, f"{split}.iw_samples"], errors="coerce") and n > best_n:
+                    best, best_n = prefix, n
+            protocols.append(best)
+            if best != split:
+                for column in [c for c in runs if c.startswith(best + ".")]:
+                    runs.at[i, split + column[len(best):]] = runs.at[i, column]
+        runs[f"{split}.protocol"] = protocols
+    return runs
+
+
 def load_sentences(results_dir: str | Path, run_id: str, split: str) -> pd.DataFrame | None:
-    """The per-sentence results of one run on one split, or None when the run exported none."""
+    """The per-sentence results of one run on one split (or evaluation protocol, e.g. "valid_k64_n9611"),
+    or None when the run exported none."""
     path = Path(results_dir) / SENTENCES / f"{run_id}.{split}.csv"
-    return read_csv(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return _read_sentences(str(path.resolve()), stat.st_mtime_ns, stat.st_size).copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _read_sentences(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    """A paper reads each run's sentences many times (every comparison that involves it); a file read once
+    per version of it (path, modification time, size)."""
+    return read_csv(Path(path))
 
 
 def read_csv(path: Path) -> pd.DataFrame:

@@ -3,13 +3,14 @@
 A comparison of two settings is a paired difference: for each seed, both settings were trained from
 that seed and evaluated on the same sentences, so the difference is taken seed by seed and sentence
 by sentence, and the shared seed effect and the sentences' own difficulty cancel. Its interval adds
-the two sources of uncertainty: the spread over seeds (a t interval, so that three seeds are treated
-as three) and the sentences (a bootstrap that resamples them once for all seeds).
+the two sources of uncertainty: the spread over seeds and the sentences (a bootstrap that resamples
+them once for all seeds), with a t quantile at the Welch-Satterthwaite degrees of freedom of that sum,
+so that three seeds are treated as three where their spread dominates.
 
     a = {seed: per-sentence frame of setting A}     # gptvae.results.load_sentences
     b = {seed: per-sentence frame of the reference}
     diff = paired(a, b, "iw_nll", per_token=True)    # Interval(estimate, low, high, seeds, sentences)
-    verdict(diff, margin=0.005)                      # "costs" | "buys" | "ties" | "not resolved"
+    verdict(diff, margin=0.01)                       # "costs" | "buys" | "ties" | "not resolved"
 
 Everything is seeded, so the same files give the same intervals, byte for byte. A single seed gets an
 interval over sentences only and no word.
@@ -75,15 +76,19 @@ def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, column
     """Mean over seeds of the per-seed statistic of a - b (of a alone when b is None), with a 95% interval
     that adds the two sources of uncertainty: the seeds (their spread, s^2 / k) and the sentences (a
     bootstrap that resamples the sentences once for all seeds: every run is scored on the same sentences,
-    so a sentence's own difficulty is shared by the seeds and must be resampled as one). The interval is
-    estimate +- t(k - 1) * sqrt(s^2 / k + var_sentences): with three seeds the t quantile is 4.30, not 1.96,
-    as it must be for a mean of three. With one seed only the sentences are resampled (normal quantile),
-    and the Interval says seeds = 1: `verdict` gives it no word.
+    so a sentence's own difficulty is shared by the seeds and must be resampled as one).
+
+    The interval is estimate +- t(nu) * sqrt(s^2 / k + var_sentences), where nu is the Welch-Satterthwaite
+    effective degrees of freedom of that sum, (u + v)^2 / (u^2 / (k - 1) + v^2 / (n - 1)) with u = s^2 / k
+    and v = var_sentences: three seeds whose spread dominates get t(2) = 4.30, as a mean of three must,
+    and a spread that is negligible against the n sentences' gives the normal 1.96, which applying t(2) to
+    the sentence term would wrongly widen. With one seed only the sentences are resampled (t with n - 1
+    degrees of freedom, all but normal), and the Interval says seeds = 1: `verdict` gives it no word.
 
     The per-seed statistic is sum(a - b) / sum(tokens) when per_token, else the mean over sentences.
     Only seeds present in both, and sentences present (with a value) in every run, are used.
     """
-    from scipy.stats import norm, t
+    from scipy.stats import t
 
     seeds = sorted(set(a) if b is None else set(a) & set(b))
     if not seeds:
@@ -99,14 +104,20 @@ def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, column
         d1 = min(draws, d0 + 200)
         index = rng.integers(0, n, size=(d1 - d0, n))                               # sentences, shared by seeds
         means[d0:d1] = (diff[:, index].sum(2) / weight[:, index].sum(2)).mean(0)     # mean over seeds
-    variance = float(means.var(ddof=1))
-    if k > 1:
-        variance += float(per_seed.var(ddof=1)) / k
-        quantile = float(t.ppf((1 + LEVEL) / 2, k - 1))
-    else:
-        quantile = float(norm.ppf((1 + LEVEL) / 2))
-    half = quantile * math.sqrt(variance)
+    sentences = float(means.var(ddof=1))
+    spread = float(per_seed.var(ddof=1)) / k if k > 1 else 0.0
+    half = float(t.ppf((1 + LEVEL) / 2, effective_dof(spread, k - 1, sentences, n - 1))) * math.sqrt(spread + sentences)
     return Interval(estimate, estimate - half, estimate + half, k, n)
+
+
+def effective_dof(u: float, u_dof: int, v: float, v_dof: int) -> float:
+    """Welch-Satterthwaite: the degrees of freedom of a sum of two variance estimates u and v with u_dof
+    and v_dof of their own (a term with no degrees of freedom, or no variance, contributes nothing).
+    Infinite when neither has a variance left to estimate, so that t is the normal quantile."""
+    terms = [(x, dof) for x, dof in ((u, u_dof), (v, v_dof)) if dof > 0 and x > 0]
+    if not terms:
+        return math.inf
+    return (u + v) ** 2 / sum(x * x / dof for x, dof in terms)
 
 
 def over_seeds(values) -> Interval:
@@ -191,4 +202,4 @@ def trend(steps: list[Interval]) -> str:
     return "not resolved"
 
 
-__all__ = ["DRAWS", "Interval", "LEVEL", "over_seeds", "paired", "trend", "use", "verdict"]
+__all__ = ["DRAWS", "LEVEL", "Interval", "effective_dof", "over_seeds", "paired", "trend", "use", "verdict"]

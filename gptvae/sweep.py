@@ -29,7 +29,7 @@ from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_KIND, TAG_NO
 
 SPEC_KEYS = {"name", "factor", "values", "base", "baseline", "description", "label", "symbol", "reference",
              "evaluations"}
-EVALUATION_KEYS = {"test", "k_sweep", "fp32"}   # what [evaluations] may ask for (gptvae.evaluation.spec_evaluations)
+EVALUATION_KEYS = {"whole_valid", "test", "k_sweep", "fp32"}   # what [evaluations] may ask for (gptvae.evaluation.spec_evaluations)
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class SweepSpec:
     label: str = ""              # the factor on axes and in tables, e.g. "λ (free bits, nats/dim)"
     symbol: str = ""             # the factor in running text, e.g. "λ"
     reference: object = None     # the setting every other one is compared with (default: the first value)
-    evaluations: dict = field(default_factory=dict)   # beyond each run's own: test = true (every run on the test
+    evaluations: dict = field(default_factory=dict)   # beyond each run's own: whole_valid = true (every run on
+                                 # the whole validation split at its own K), test = true (every run on the test
                                  # split), k_sweep = [settings] and fp32 = [settings] (seed 0; "lm": the baseline)
 
     @property

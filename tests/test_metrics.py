@@ -197,6 +197,20 @@ def test_mi_saturates_near_log_n():
     assert math.log(n) - 0.5 < estimate < math.log(n) + slack
 
 
+def test_a_saturated_mi_is_flagged_and_a_resolved_one_is_not():
+    """Closed forms on both sides of the ceiling: 22 nats at N = 300 (log N = 5.7) is flagged, and its estimate
+    reads as a lower bound; 4.39 nats at N = 10,000 (log N = 9.2), estimated within 0.1, is not."""
+    from gptvae.catalog import mi_at_ceiling
+
+    saturated = LinearGaussian([2.0] * 64, obs_dim=80)
+    estimate = mutual_information(saturated.posterior(saturated.sample(300, seed=0)), generator=gen())
+    assert mi_at_ceiling(estimate, math.log(300)) and estimate < saturated.mutual_information
+    resolved = LinearGaussian([2.0] * 8)
+    estimate = mutual_information(resolved.posterior(resolved.sample(10_000, seed=1)), generator=gen())
+    assert not mi_at_ceiling(estimate, math.log(10_000))
+    assert not mi_at_ceiling(math.nan, math.log(300))
+
+
 def test_mi_matches_direct_formula():
     # the matmul expansion against the REFERENCE formula written out naively, with tiny variances too
     g = gen(5)

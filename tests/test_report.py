@@ -180,8 +180,8 @@ def test_export_reads_logged_artifacts_not_checkpoints(exported, tmp_path):
 
 @pytest.mark.corpus
 def test_a_specs_evaluations_pick_the_runs_it_names(exported):
-    """kl_floor.toml asks for every run on test, K sweeps of seed 0 at λ = 0.1, 1 and the LM, and an fp32
-    check at λ = 0.1 with the run's own validation protocol."""
+    """kl_floor.toml asks for every run on all validation sentences at its own K and on test, K sweeps of
+    seed 0 at every λ and the LM, and an fp32 check at λ = 0.1 with the run's own validation protocol."""
     from gptvae.evaluation import spec_evaluations
 
     where, _, tracker = exported
@@ -189,11 +189,14 @@ def test_a_specs_evaluations_pick_the_runs_it_names(exported):
     spec = load_spec(ROOT / "experiments" / "kl_floor.toml")
     assert spec_evaluations(spec, tracker, preset_name="cpu") == []   # the store's runs are smoke runs
     items = spec_evaluations(spec, tracker, preset_name="smoke", dataset=None, overrides=FAST)
-    by_kind = {kind: {i["run_id"] for i in items if i["kind"] == kind} for kind in ("complete", "test", "k_sweep", "fp32")}
-    assert by_kind["complete"] == set(runs.run_id)
+    by_kind = {kind: {i["run_id"] for i in items if i["kind"] == kind}
+               for kind in ("complete", "whole_valid", "test", "k_sweep", "fp32")}
+    assert by_kind["complete"] == by_kind["whole_valid"] == set(runs.run_id)
+    assert all((i["split"], i["iw_samples"], i["max_sequences"]) == ("valid", 4, None)
+               for i in items if i["kind"] == "whole_valid")
     setting = {row.run_id: ("lm" if row.kind == "lm" else row.setting) for row in runs.itertuples()}
     assert by_kind["test"] == set(runs.run_id)
-    assert sorted(setting[r] for r in by_kind["k_sweep"]) == ["0.1", "1.0", "lm"]
+    assert sorted(setting[r] for r in by_kind["k_sweep"]) == ["0.0", "0.05", "0.1", "0.25", "1.0", "lm"]
     assert [setting[r] for r in by_kind["fp32"]] == ["0.1"]
     fp32 = next(i for i in items if i["kind"] == "fp32")
     assert (fp32["iw_samples"], fp32["max_sequences"], fp32["split"]) == (4, 40, "valid")

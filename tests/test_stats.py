@@ -63,6 +63,39 @@ def test_intervals_are_reproducible():
     assert paired(a, b, "iw_nll", per_token=True) == paired(a, b, "iw_nll", per_token=True)
 
 
+def test_seeds_that_agree_exactly_add_nothing_to_the_sentences_interval():
+    """Three identical seeds: the spread over seeds is 0, so the interval is the one seed's, not t(2) = 4.30
+    times its standard error."""
+    rng = np.random.default_rng(5)
+    base, other = rng.normal(30, 5, 400), rng.normal(0.2, 1.0, 400)
+    one = paired({0: frame(base + other)}, {0: frame(base)}, "iw_nll", per_token=False)
+    three = paired({s: frame(base + other) for s in range(3)}, {s: frame(base) for s in range(3)}, "iw_nll",
+                   per_token=False)
+    assert three.estimate == pytest.approx(one.estimate)
+    assert three.high - three.low == pytest.approx(one.high - one.low, rel=1e-9)
+    assert (one.high - one.low) / 2 == pytest.approx(1.96 * 1.0 / math.sqrt(400), rel=0.15)
+
+
+def test_sentences_that_agree_exactly_leave_the_seeds_t_interval():
+    """Every sentence differs by its seed's constant: no sentence variance, so the interval is the t interval
+    over the three per-seed differences, with 2 degrees of freedom."""
+    shift = {0: 0.1, 1: 0.3, 2: 0.2}
+    base = np.random.default_rng(6).normal(30, 5, 100)
+    diff = paired({s: frame(base + shift[s]) for s in shift}, {s: frame(base) for s in shift}, "iw_nll", per_token=False)
+    assert diff.estimate == pytest.approx(0.2)
+    assert diff.high - 0.2 == pytest.approx(4.302652729911275 * 0.1 / math.sqrt(3))
+
+
+def test_effective_degrees_of_freedom_are_welch_satterthwaite():
+    from gptvae.stats import effective_dof
+
+    assert effective_dof(1.0, 2, 0.0, 999) == pytest.approx(2)          # the seeds alone
+    assert effective_dof(0.0, 2, 1.0, 999) == pytest.approx(999)        # the sentences alone
+    assert effective_dof(1.0, 2, 1.0, 2) == pytest.approx(4)            # two equal terms: their dof add
+    assert effective_dof(1.0, 2, 1.0, 999) == pytest.approx(4 / (1 / 2 + 1 / 999))
+    assert effective_dof(0.0, 0, 0.0, 0) == math.inf
+
+
 def test_interval_covers_a_true_zero_difference_most_of_the_time():
     """Many seeds, so the two-level bootstrap is in its regime: 95% intervals cover 0 in most of 60 studies."""
     rng = np.random.default_rng(3)
@@ -184,3 +217,43 @@ def test_a_sentence_effect_shared_by_all_seeds_is_resampled_as_one():
         diff = paired(a, b, "iw_nll", per_token=False, draws=400)
         covered += diff.low <= 0 <= diff.high
     assert covered >= 34
+
+
+def test_the_widest_evaluation_of_a_run_is_the_one_reported():
+    """A final evaluation on 100 sentences, then `evaluate` on all 300 at the same K: the 300 are read. A
+    protocol at another K, in fp32 or with another seed is never taken for the run's own."""
+    from gptvae.results import widest_evaluations
+
+    runs = pd.DataFrame({
+        "run_id": ["a", "b", "c"],
+        "valid.n_sequences": [100, 100, None], "valid.iw_samples": [64, 64, None], "valid.iw_nll": [3.0, 3.0, None],
+        "valid_k64_n300.n_sequences": [300, None, None], "valid_k64_n300.iw_nll": [2.9, None, None],
+        "valid_k500_n900.n_sequences": [None, 900, None], "valid_k500_n900.iw_nll": [None, 2.5, None],
+        "valid_k64_n900_fp32.n_sequences": [None, 900, None], "valid_k64_n900_s1.n_sequences": [None, 900, None],
+    })
+    wide = widest_evaluations(runs)
+    assert list(wide["valid.protocol"][:2]) == ["valid_k64_n300", "valid"] and pd.isna(wide["valid.protocol"][2])
+    assert list(wide["valid.n_sequences"][:2]) == [300, 100] and list(wide["valid.iw_nll"][:2]) == [2.9, 3.0]
+    assert runs["valid.iw_nll"].iloc[0] == 3.0   # the input is left as it was
+
+
+def test_the_comparison_table_reads_each_runs_widest_evaluation(tmp_path):
+    from gptvae.files import atomic_write_csv
+    from gptvae.report import comparison_table
+    from gptvae.results import load_results
+    from gptvae.sweep import load_spec
+
+    spec = load_spec(__import__("pathlib").Path(__file__).parents[1] / "experiments" / "kl_floor.toml")
+    runs = synthetic_results(tmp_path, {0.0: 0.0, 1.0: 3.0, None: 0.0}, n=300)
+    for run_id in runs.run_id:   # the final evaluation on the first 100 of the 300, shifted so it is told apart
+        whole = pd.read_csv(tmp_path / "sentences" / f"{run_id}.valid.csv")
+        atomic_write_csv(tmp_path / "sentences" / f"{run_id}.valid_k64_n300.csv", whole)
+        atomic_write_csv(tmp_path / "sentences" / f"{run_id}.valid.csv", whole.head(100).assign(iw_nll=whole.iw_nll + 50))
+    runs = runs.assign(**{"valid.n_sequences": 100, "valid_k64_n300.n_sequences": 300,
+                          "setting": runs.value.map(lambda v: "" if pd.isna(v) else str(v))})   # as exported: text
+    atomic_write_csv(tmp_path / "runs.csv", runs)
+    for name in ("history.csv", "units.csv", "posterior_means.csv", "samples.csv"):
+        atomic_write_csv(tmp_path / name, pd.DataFrame({"run_id": []}))
+    table = comparison_table(load_results(tmp_path)["runs"], spec, tmp_path)
+    assert "300 sentences per run" in table, table
+    assert "costs" in next(line for line in table.splitlines() if line.startswith("| λ = 1 "))
