@@ -138,8 +138,9 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
         lines.append("| " + " | ".join(cells) + " |")
     k = _protocol(runs, spec, split, "iw_samples")
     return ("\n".join(lines) + "\n\n" + f"Nats per token on {split} ({_sentences(data)} sentences per run, IW-NLL "
-            f"with K = {k}; seeds: {_seed_count(data)}): the mean over seeds with a 95% interval that adds the "
-            f"spread over seeds to a bootstrap over sentences (t quantile at their Welch–Satterthwaite degrees of freedom); "
+            f"with K = {k}; seeds: {_seed_count(data)}): the mean over seeds with a 95% interval whose variance "
+            f"counts the seeds, the sentences and their interaction (two-way ANOVA; t quantile at the "
+            f"Welch–Satterthwaite degrees of freedom){_mixed_note(data)}; "
             f"differences are paired per seed and per sentence (setting minus the other). Words: *ties* when the "
             f"interval lies within ±{MARGIN} nats/token, else *costs* / *buys* when it excludes 0, else *not "
             f"resolved*; one seed gets no word. The VAE's IW-NLL is an upper bound on its NLL (the LM's is exact), "
@@ -172,28 +173,30 @@ def use_by_length_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, 
     inner = np.unique(np.floor(np.quantile(tokens, np.linspace(0, 1, LENGTH_BINS + 1)[1:-1])))
     group = pd.Series(np.searchsorted(inner, tokens, side="left"), index=tokens.index)   # t <= edge: that group
     bounds = [int(tokens.min()), *(int(e) + 1 for e in inner)], [*(int(e) for e in inner), int(tokens.max())]
-    names = [f"{lo}–{hi} tokens" if lo < hi else f"{lo} tokens" for lo, hi in zip(*bounds, strict=True)]
+    kept = [g for g in range(len(inner) + 1) if (group == g).any()]   # a tercile edge at the longest length: none
+    names = [f"{lo}–{hi} tokens" if lo < hi else f"{lo} tokens"
+             for g, (lo, hi) in enumerate(zip(*bounds, strict=True)) if g in kept]
     lines = ["| " + " | ".join([spec.label, "seeds", *names]) + " |", "|" + "---|" * (len(names) + 2)]
     for label, seeds in data.items():
         if not seeds:
             continue
         cells = [label, str(len(seeds))]
-        for g in range(len(names)):
+        for g in kept:
             keep = group.index[group == g]
             part = {s: f[f.sentence.isin(keep)] for s, f in seeds.items()}
             gain = _paired_column(part, "decoder_use")
             if gain is None:
                 cells.append("–")
                 continue
-            per_sentence = paired(part, None, "decoder_use", per_token=False).estimate
-            cells.append(f"{gain.format(3, signed=True)} {use_word(gain, margin=MARGIN)}; {per_sentence:+.1f} per sentence")
+            per_sentence = paired(part, None, "decoder_use", per_token=False)
+            cells.append(f"{gain.format(3, signed=True)}; {per_sentence.format(1, signed=True)} per sentence")
         lines.append("| " + " | ".join(cells) + " |")
-    counts = ", ".join(f"{int((group == g).sum()):,}" for g in range(len(names)))
-    return ("\n".join(lines) + "\n\n" + f"On {split}: IW-NLL − Rec, what the decoder gains from its own z (nats/token, "
-            f"paired per seed and per sentence, 95% interval and word as in the use table), within the sentences of "
-            f"each length group, the terciles of length ({counts} sentences; tokens count the words and EOS); then the "
-            f"same gain in nats per sentence, its mean over the group: a latent that carries a fixed amount per "
-            f"sentence gains less per token on long sentences.\n")
+    counts = ", ".join(f"{int((group == g).sum()):,}" for g in kept)
+    return ("\n".join(lines) + "\n\n" + f"On {split}: IW-NLL − Rec, what the decoder gains from its own z, paired per "
+            f"seed and per sentence with its 95% interval, within the sentences of each length group, the terciles of "
+            f"length ({counts} sentences; tokens count the words and EOS): first in nats per token, then in nats per "
+            f"sentence. A latent that carries a fixed amount per sentence gains less per token on long sentences, so "
+            f"this table gives no word: the use table's per-token margin would read length as use.\n")
 
 
 def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid") -> str:
@@ -276,6 +279,13 @@ def count_text(values: pd.Series) -> str:
 def _seed_count(data) -> str:
     counts = {len(seeds) for seeds in data.values() if seeds}
     return "/".join(str(n) for n in sorted(counts)) or "0"
+
+
+def _mixed_note(data) -> str:
+    """Runs evaluated on different sentence sets (some on a subset only): say what a comparison reads."""
+    sizes = {len(frame) for seeds in data.values() for frame in seeds.values()}
+    return ("; runs were evaluated on different numbers of sentences, and each comparison uses the sentences "
+            "both runs share" if len(sizes) > 1 else "")
 
 
 def _low_ess_share(seeds: dict[int, pd.DataFrame]) -> str:
@@ -384,24 +394,38 @@ def ksweep_labels(runs: pd.DataFrame, ksweep: pd.DataFrame, where: dict[str, Pat
     return labels
 
 
-def ksweep_table(ksweep: pd.DataFrame, labels: dict[str, str]) -> str:
-    """IW-NLL per token at a few K for every setting with a K sweep (mean over its seeds), how far it falls
-    from K = 1 to the largest K, and how far over the last decade: still falling there means the bound at
-    the tables' K is loose."""
+def ksweep_summary(ksweep: pd.DataFrame, labels: dict[str, str]) -> tuple[pd.DataFrame, dict]:
+    """Per setting with a K sweep (rows in label order): its seeds, the mean IW-NLL per token at every K,
+    and its change over the whole sweep ("total") and over the last decade of K ("decade"); with the
+    sweep's K grid as {"ks", "top", "decade"}."""
     frame = ksweep[ksweep.run_id.isin(labels)].assign(setting=lambda f: f.run_id.map(labels))
     ks = sorted(frame.K.unique())
     top = ks[-1]
     decade = max((k for k in ks if k <= top / 10), default=ks[0])
-    shown = [k for k in (1, 10, 100) if k in ks and k < top] + [top]
-    header = ["setting", "seeds", *(f"K = {k:,}" for k in shown), f"K = {ks[0]:,} → {top:,}", f"K = {decade:,} → {top:,}"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for setting in dict.fromkeys(labels[r] for r in frame.run_id.drop_duplicates()):
         part = frame[frame.setting == setting].pivot_table(index="run_id", columns="K", values="iw_nll_per_token")
         mean = part.mean()
-        cells = [setting, str(len(part)), *(f"{mean[k]:.3f}" for k in shown),
-                 f"{mean[top] - mean[ks[0]]:+.3f}", f"{mean[top] - mean[decade]:+.4f}"]
+        rows.append({"setting": setting, "seeds": len(part), **{k: mean[k] for k in ks},
+                     "total": mean[top] - mean[ks[0]], "decade": mean[top] - mean[decade],
+                     "lm": setting == "LM baseline"})
+    return pd.DataFrame(rows), {"ks": ks, "top": top, "decade": decade, "n": int(frame.n_sequences.max())}
+
+
+def ksweep_table(ksweep: pd.DataFrame, labels: dict[str, str]) -> str:
+    """IW-NLL per token at a few K for every setting with a K sweep (mean over its seeds), how far it falls
+    from K = 1 to the largest K, and how far over the last decade: still falling there means the bound at
+    the tables' K is loose."""
+    summary, grid = ksweep_summary(ksweep, labels)
+    ks, top, decade = grid["ks"], grid["top"], grid["decade"]
+    shown = [k for k in (1, 10, 100) if k in ks and k < top] + [top]
+    header = ["setting", "seeds", *(f"K = {k:,}" for k in shown), f"K = {ks[0]:,} → {top:,}", f"K = {decade:,} → {top:,}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in summary.to_dict("records"):
+        cells = [row["setting"], str(row["seeds"]), *(f"{row[k]:.3f}" for k in shown),
+                 f"{row['total']:+.3f}", f"{row['decade']:+.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    n = int(frame.n_sequences.max())
+    n = grid["n"]
     return ("\n".join(lines) + f"\n\nIW-NLL in nats/token on {n} validation sentences, the mean over seeds; each run's "
             "estimates at every K come from one set of samples (the first K of them). The last two columns are the "
             "change over the whole sweep (from K = 1, a one-sample ELBO, when it starts there) and over its last "
@@ -688,6 +712,20 @@ class PaperContext:
                         "largest": float(gap.max()), "k": int(prefix.split("_k", 1)[1].split("_", 1)[0])}
         return None
 
+    def k_decade(self) -> tuple[float, float, int, int] | None:
+        """How far the IW-NLL of the latent-using settings with a K sweep still falls over the sweep's last
+        decade of K: (smallest, largest) fall in nats/token, and that decade's ends; None without a sweep."""
+        res = load_results(self.where["results"])
+        ksweep = res["ksweep"]
+        if ksweep.empty or (ksweep := ksweep[ksweep.split == "valid"]).empty:
+            return None
+        summary, grid = ksweep_summary(ksweep, ksweep_labels(self.runs, ksweep, self.where))
+        falls = -summary.loc[~summary.lm, "decade"]
+        if falls.empty:
+            return None
+        self._cite(self.runs[self.runs.run_id.isin(set(ksweep.run_id)) & (self.runs.kind != BASELINE)])
+        return float(falls.min()), float(falls.max()), int(grid["decade"]), int(grid["top"])
+
     def has(self, experiment: str) -> bool:
         return bool((self.runs.experiment == experiment).any())
 
@@ -723,7 +761,8 @@ class PaperContext:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "value", "has_value", "const", "has_const",
                  "estimable", "converged", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
-                 "use", "trend", "convergence", "fp32_check", "has", "count", "seeds", "ablations", "missing")
+                 "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count", "seeds", "ablations",
+                 "missing")
         return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}
 
 

@@ -364,6 +364,9 @@ def widest_evaluations(runs: pd.DataFrame, splits=("valid", "test")) -> pd.DataF
         pattern = re.compile(rf"^{split}_k(\d+)_n(\d+)$")   # no _s<seed>, no _fp32: the run's own protocol
         others = {m.group(0): int(m.group(1)) for c in runs.columns
                   if c.endswith(".n_sequences") and (m := pattern.match(c.removesuffix(".n_sequences")))}
+        missing = sorted({split + c[len(prefix):] for prefix in others for c in runs if c.startswith(prefix + ".")}
+                         - set(runs.columns))   # keys only an added protocol logged (e.g. its eval_seed)
+        runs = pd.concat([runs, pd.DataFrame(np.nan, index=runs.index, columns=missing)], axis=1)
         protocols = []
         for i in runs.index:
             best, best_n = split, pd.to_numeric(runs.at[i, f"{split}.n_sequences"], errors="coerce")
@@ -375,9 +378,9 @@ def widest_evaluations(runs: pd.DataFrame, splits=("valid", "test")) -> pd.DataF
                 if k == pd.to_numeric(runs.at[i, f"{split}.iw_samples"], errors="coerce") and n > best_n:
                     best, best_n = prefix, n
             protocols.append(best)
-            if best != split:
+            if best != split:   # every number of the run on this split from that one evaluation
                 for column in [c for c in runs if c.startswith(best + ".")]:
-                    runs.at[i, split + column[len(best):]] = runs.at[i, column]
+                    runs.loc[i, split + column[len(best):]] = runs.loc[i, column]
         runs[f"{split}.protocol"] = protocols
     return runs
 

@@ -2,18 +2,18 @@
 
 A comparison of two settings is a paired difference: for each seed, both settings were trained from
 that seed and evaluated on the same sentences, so the difference is taken seed by seed and sentence
-by sentence, and the shared seed effect and the sentences' own difficulty cancel. Its interval adds
-the two sources of uncertainty: the spread over seeds and the sentences (a bootstrap that resamples
-them once for all seeds), with a t quantile at the Welch-Satterthwaite degrees of freedom of that sum,
-so that three seeds are treated as three where their spread dominates.
+by sentence, and the shared seed effect and the sentences' own difficulty cancel. Its interval counts
+three sources of uncertainty, from the two-way ANOVA of the differences (seeds crossed with sentences):
+the seeds, the sentences and their interaction, with a t quantile at the Welch-Satterthwaite degrees of
+freedom of that combination, so that three seeds are treated as three where their spread dominates.
 
     a = {seed: per-sentence frame of setting A}     # gptvae.results.load_sentences
     b = {seed: per-sentence frame of the reference}
     diff = paired(a, b, "iw_nll", per_token=True)    # Interval(estimate, low, high, seeds, sentences)
     verdict(diff, margin=0.01)                       # "costs" | "buys" | "ties" | "not resolved"
 
-Everything is seeded, so the same files give the same intervals, byte for byte. A single seed gets an
-interval over sentences only and no word.
+The intervals are analytic, so the same files give the same intervals, byte for byte. A single seed gets
+an interval over sentences only and no word.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import numpy as np
 import pandas as pd
 
 LEVEL = 0.95      # every interval is a 95% interval
-DRAWS = 2_000     # bootstrap draws
-SEED = 0          # the bootstrap's own seed: fixed, so intervals are reproducible
 
 
 @dataclass(frozen=True)
@@ -71,22 +69,25 @@ def _aligned(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, colu
     return diff, tokens
 
 
-def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, column: str, *, per_token: bool,
-           draws: int = DRAWS, seed: int = SEED) -> Interval:
+def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, column: str, *, per_token: bool
+           ) -> Interval:
     """Mean over seeds of the per-seed statistic of a - b (of a alone when b is None), with a 95% interval
-    that adds the two sources of uncertainty: the seeds (their spread, s^2 / k) and the sentences (a
-    bootstrap that resamples the sentences once for all seeds: every run is scored on the same sentences,
-    so a sentence's own difficulty is shared by the seeds and must be resampled as one).
+    for a new seed and new sentences from the same populations.
 
-    The interval is estimate +- t(nu) * sqrt(s^2 / k + var_sentences), where nu is the Welch-Satterthwaite
-    effective degrees of freedom of that sum, (u + v)^2 / (u^2 / (k - 1) + v^2 / (n - 1)) with u = s^2 / k
-    and v = var_sentences: three seeds whose spread dominates get t(2) = 4.30, as a mean of three must,
-    and a spread that is negligible against the n sentences' gives the normal 1.96, which applying t(2) to
-    the sentence term would wrongly widen. With one seed only the sentences are resampled (t with n - 1
-    degrees of freedom, all but normal), and the Interval says seeds = 1: `verdict` gives it no word.
+    Every run is scored on the same sentences, so the differences d[s, i] (seed s, sentence i) form a
+    crossed design: d = mu + seed effect + sentence effect + seed-by-sentence noise. The estimate (the
+    grand mean) has variance var_seed / k + var_sentence / n + var_noise / (k n), each component estimated
+    from the two-way ANOVA mean squares (`crossed_variance`); adding the spread over seeds to a sentence
+    bootstrap instead would count the noise twice. The interval is estimate +- t(nu) * sqrt(variance), nu
+    the Welch-Satterthwaite degrees of freedom of that combination of mean squares: three seeds whose
+    spread dominates get t(2) = 4.30, as a mean of three must, and a seed spread that is negligible
+    against the sentences' gives t with about n degrees of freedom, 1.96. One seed: the sentences alone
+    (t with n - 1 degrees of freedom), and the Interval says seeds = 1: `verdict` gives it no word.
 
-    The per-seed statistic is sum(a - b) / sum(tokens) when per_token, else the mean over sentences.
-    Only seeds present in both, and sentences present (with a value) in every run, are used.
+    The per-seed statistic is sum(a - b) / sum(tokens) when per_token (every seed has the same sentences,
+    so the same tokens, and the ratio is linearised about the grand estimate), else the mean over
+    sentences. Only seeds present in both, and sentences present (with a value) in every run, are used.
+    The interval is analytic: the same files give the same bytes.
     """
     from scipy.stats import t
 
@@ -94,30 +95,56 @@ def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, column
     if not seeds:
         raise ValueError(f"no seed in common between the two settings ({column})")
     diff, tokens = _aligned(a, b, column, seeds)
-    weight = tokens if per_token else np.ones_like(diff)
-    per_seed = diff.sum(1) / weight.sum(1)
-    estimate = float(per_seed.mean())
-    rng = np.random.default_rng(seed)
-    n, k = diff.shape[1], len(seeds)
-    means = np.empty(draws)
-    for d0 in range(0, draws, 200):   # in blocks, so that (seeds, block, sentences) stays small
-        d1 = min(draws, d0 + 200)
-        index = rng.integers(0, n, size=(d1 - d0, n))                               # sentences, shared by seeds
-        means[d0:d1] = (diff[:, index].sum(2) / weight[:, index].sum(2)).mean(0)     # mean over seeds
-    sentences = float(means.var(ddof=1))
-    spread = float(per_seed.var(ddof=1)) / k if k > 1 else 0.0
-    half = float(t.ppf((1 + LEVEL) / 2, effective_dof(spread, k - 1, sentences, n - 1))) * math.sqrt(spread + sentences)
+    k, n = diff.shape
+    if per_token:
+        per_seed = diff.sum(1) / tokens.sum(1)
+        estimate = float(per_seed.mean())
+        units = (diff - estimate * tokens) / tokens.mean() + estimate   # the ratio's linearisation: mean_i = per-seed ratio
+    else:
+        units = diff
+        estimate = float(diff.mean())
+    variance, dof = crossed_variance(units)
+    half = float(t.ppf((1 + LEVEL) / 2, dof)) * math.sqrt(variance) if variance > 0 else 0.0
     return Interval(estimate, estimate - half, estimate + half, k, n)
 
 
-def effective_dof(u: float, u_dof: int, v: float, v_dof: int) -> float:
-    """Welch-Satterthwaite: the degrees of freedom of a sum of two variance estimates u and v with u_dof
-    and v_dof of their own (a term with no degrees of freedom, or no variance, contributes nothing).
-    Infinite when neither has a variance left to estimate, so that t is the normal quantile."""
-    terms = [(x, dof) for x, dof in ((u, u_dof), (v, v_dof)) if dof > 0 and x > 0]
-    if not terms:
+def crossed_variance(x: np.ndarray) -> tuple[float, float]:
+    """(variance of the grand mean, its Welch-Satterthwaite degrees of freedom) for x[seed, sentence] from
+    the random-effects two-way model without replication: x = mu + a_s + b_i + e_si.
+
+    With the mean squares MS_seed = n var(seed means), MS_sent = k var(sentence means) and MS_resid (the
+    interaction, (k - 1)(n - 1) degrees of freedom), var_seed = (MS_seed - MS_resid) / n and var_sentence =
+    (MS_sent - MS_resid) / k, each truncated at 0, and var_noise = MS_resid. The variance of the grand mean
+    is var_seed / k + var_sentence / n + var_noise / (k n), a combination of the mean squares whose degrees
+    of freedom follow Welch and Satterthwaite. One seed: the sentences' variance of the mean, n - 1."""
+    k, n = x.shape
+    if n < 2 and k < 2:
+        return 0.0, math.inf
+    sentence_means, seed_means, grand = x.mean(0), x.mean(1), float(x.mean())
+    if k == 1:
+        return float(x[0].var(ddof=1)) / n, float(n - 1)
+    if n == 1:
+        return float(seed_means.var(ddof=1)) / k, float(k - 1)
+    ms_seed = n * float(seed_means.var(ddof=1))
+    ms_sent = k * float(sentence_means.var(ddof=1))
+    resid = x - seed_means[:, None] - sentence_means[None, :] + grand
+    ms_resid = float((resid ** 2).sum()) / ((k - 1) * (n - 1))
+    seed_on, sent_on = ms_seed > ms_resid, ms_sent > ms_resid   # components truncated at 0 drop out
+    terms = [(ms_seed * seed_on, k - 1), (ms_sent * sent_on, n - 1),
+             (ms_resid * (1 - seed_on - sent_on), (k - 1) * (n - 1))]   # variance * (k n) = sum of these
+    variance = sum(value for value, _ in terms) / (k * n)
+    dof = effective_dof(*terms)
+    return variance, dof
+
+
+def effective_dof(*terms: tuple[float, float]) -> float:
+    """Welch-Satterthwaite: the degrees of freedom of a sum of (coefficient-weighted) mean squares, given
+    as (value, its degrees of freedom) pairs; a term with no degrees of freedom or no value contributes
+    nothing. Infinite when nothing is left to estimate, so that t is the normal quantile."""
+    used = [(value, dof) for value, dof in terms if dof > 0 and value != 0]
+    if not used:
         return math.inf
-    return (u + v) ** 2 / sum(x * x / dof for x, dof in terms)
+    return sum(value for value, _ in used) ** 2 / sum(value * value / dof for value, dof in used)
 
 
 def over_seeds(values) -> Interval:
@@ -202,4 +229,4 @@ def trend(steps: list[Interval]) -> str:
     return "not resolved"
 
 
-__all__ = ["DRAWS", "LEVEL", "Interval", "effective_dof", "over_seeds", "paired", "trend", "use", "verdict"]
+__all__ = ["LEVEL", "Interval", "crossed_variance", "effective_dof", "over_seeds", "paired", "trend", "use", "verdict"]
