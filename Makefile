@@ -68,7 +68,7 @@ ablations: $(ABLATIONS)  ## every spec in experiments/, one after another
 mlflow-ui: $(STAMP)  ## serve the MLflow UI for the store (MLFLOW_TRACKING_URI, PORT=5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $${PORT:-5000}
 
-evaluations: $(STAMP)  ## on the machine that trained the runs: what the specs' [evaluations] ask (test split, K sweeps, fp32)
+evaluations: $(STAMP)  ## on the machine that trained the runs: what the specs' [evaluations] ask (all of valid, test, K sweeps, fp32)
 	$(PY) -m gptvae evaluate --specs $(EXPERIMENTS) --preset $(PRESET) --dataset $(DATASET) $(foreach item,$(SET),--set $(item))
 
 results: $(STAMP)  ## export finished sweeps of PRESET from MLflow into paper/results/<preset>

@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --specs: the overrides the sweeps were run with (as make's SET), so their runs are found")
     p.add_argument("--specs", default=None, metavar="PATH",
                    help="instead of runs: what the [evaluations] of these specs (a folder or one .toml) ask of the "
-                        "runs in this store: the test split at K = 500, K sweeps, fp32 checks (`make evaluations`)")
+                        "runs in this store: all of valid at the run's K, the test split at K = 500, K sweeps, "
+                        "fp32 checks (`make evaluations`)")
     p.add_argument("--experiment", default=None, help="also every finished run of this experiment, e.g. ablation-kl-floor")
     p.add_argument("--kind", default=None, help="with --experiment: only runs of this model family (vae, lm)")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
