@@ -566,6 +566,17 @@ class PaperContext:
         value = values[0]
         return int(value) if isinstance(value, float) and value.is_integer() else value
 
+    def span(self, key: str, experiment: str | None = None, *, kind: str | None = "vae") -> str:
+        """A logged number that runs may disagree on (e.g. how many sentences each was evaluated on): "9,611"
+        where they agree, "1,000 to 9,611" where they do not."""
+        rows = self.runs if experiment is None else self.runs[self.runs.experiment == experiment]
+        rows = rows[rows.kind == kind] if kind else rows
+        values = sorted(pd.to_numeric(rows[key], errors="coerce").dropna().unique()) if key in rows else []
+        if not values:
+            raise KeyError(f"no logged {key} in the exported runs")
+        low, high = f"{values[0]:,.0f}", f"{values[-1]:,.0f}"
+        return low if low == high else f"{low} to {high}"
+
     def has_const(self, key: str, experiment: str | None = None, *, kind: str | None = "vae") -> bool:
         try:
             self.const(key, experiment, kind=kind)
@@ -760,7 +771,7 @@ class PaperContext:
     def functions(self) -> dict:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "value", "has_value", "const", "has_const",
-                 "estimable", "converged", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
+                 "span", "estimable", "converged", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
                  "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count", "seeds", "ablations",
                  "missing")
         return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}
