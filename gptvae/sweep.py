@@ -133,7 +133,8 @@ def load_specs(folder: str | Path = "experiments") -> list[SweepSpec]:
 
 
 def plan_runs(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, overrides=()) -> list[PlannedRun]:
-    """Every (setting, seed) of a sweep, the baseline row last within each seed."""
+    """Every (setting, seed) of a sweep, the baseline row first within each seed: every paired comparison
+    reads it, so a study stopped part-way through a seed can still compare what it trained."""
     base = apply_overrides(apply_overrides(preset(preset_name, dataset=dataset), spec.base), overrides)
     if spec.factor in (overrides if isinstance(overrides, dict) else parse_overrides(overrides)):
         raise ConfigError(f"--set {spec.factor}=... overrides the factor this sweep varies ({spec.name}: "
@@ -142,14 +143,14 @@ def plan_runs(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
     short = spec.factor.split(".")[-1]
     runs = []
     for seed in seeds:
-        for value in spec.values:
-            cfg = apply_overrides(base, {spec.factor: value, "train.seed": seed}).validate()
-            runs.append(PlannedRun(f"{short}={value} seed={seed}", cfg.model.kind, value, cfg))
         if spec.baseline:
             # the baseline has no latent, so the objective's knobs do not touch it: one config per preset
             cfg = replace(apply_overrides(base, {"model.kind": BASELINE, "train.seed": seed}),
                           objective=ObjectiveConfig()).validate()
             runs.append(PlannedRun(f"LM baseline seed={seed}", BASELINE, None, cfg))
+        for value in spec.values:
+            cfg = apply_overrides(base, {spec.factor: value, "train.seed": seed}).validate()
+            runs.append(PlannedRun(f"{short}={value} seed={seed}", cfg.model.kind, value, cfg))
     return runs
 
 

@@ -140,13 +140,13 @@ def test_a_setting_another_sweep_trained_is_linked_not_retrained(tmp_path):
     weight_spec.write_text('name = "weight"\nfactor = "objective.beta"\nvalues = [0.5, 1.0]\n')
     planned = plan_runs(load_spec(weight_spec), preset_name="smoke", dataset=None, seeds=[0], overrides=FAST)
     before = plan_status(planned, experiment="ablation-weight", runs_root=tmp_path / "runs", tracker=tracker)
-    assert [r["status"].split(" (")[0][:7] for r in before] == ["to trai", "link to", "link to"]
+    assert [r["status"].split(" (")[0][:7] for r in before] == ["link to", "to trai", "link to"]   # LM first
     weight = run_sweep(load_spec(weight_spec), overrides=FAST, **common)
     after = plan_status(planned, experiment="ablation-weight", runs_root=tmp_path / "runs", tracker=tracker)
-    assert [r["status"][:8] for r in after] == ["finished", "link to ", "link to "]
+    assert [r["status"][:8] for r in after] == ["link to ", "finished", "link to "]
     assert [r["config_hash"] for r in after] == [r.config_hash for r in planned]
     by_name = {r["name"]: r for r in floor + weight}
-    assert [r["status"][:6] for r in weight] == ["traine", "reused", "reused"]
+    assert [r["status"][:6] for r in weight] == ["reused", "traine", "reused"]
     assert by_name["beta=1.0 seed=0"]["status"] == f"reused {by_name['free_bits=0.0 seed=0']['run_id'][:8]}"
     assert by_name["beta=1.0 seed=0"]["valid.kl"] == by_name["free_bits=0.0 seed=0"]["valid.kl"]
 
@@ -167,7 +167,7 @@ def test_a_setting_another_sweep_trained_is_linked_not_retrained(tmp_path):
 
     again = run_sweep(load_spec(weight_spec), overrides=FAST, **common)
     assert [r["status"] for r in again] == ["skipped (finished)"] * 3
-    assert again[1]["valid.kl"] == by_name["free_bits=0.0 seed=0"]["valid.kl"]
+    assert {r["name"]: r for r in again}["beta=1.0 seed=0"]["valid.kl"] == by_name["free_bits=0.0 seed=0"]["valid.kl"]
 
 
 def test_a_spec_dropped_into_experiments_is_a_make_target(tmp_path):
