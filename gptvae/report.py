@@ -21,7 +21,7 @@ from gptvae.catalog import ESS_FLOOR, ESTIMATED, mi_at_ceiling, not_estimable
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
 from gptvae.results import load_results, load_sentences
-from gptvae.stats import Interval, over_seeds, paired, trend, verdict
+from gptvae.stats import Drift, Interval, drift, over_seeds, paired, trend, verdict
 from gptvae.stats import use as use_word
 from gptvae.sweep import SweepSpec, load_specs
 
@@ -93,6 +93,37 @@ def _paired_column(data: dict[int, pd.DataFrame], column: str) -> Interval | Non
     return paired(data, None, column, per_token=True)
 
 
+BOUND = "val/nll_bound_per_token"   # the curve the plateau test reads: the validation bound at each validation point
+
+
+def _bounds(history: pd.DataFrame, rows: pd.DataFrame) -> dict[int, pd.Series]:
+    """seed -> the run's validation bound by step, from the exported curves."""
+    curves = history[history.key == BOUND] if not history.empty else history
+    out = {}
+    for row in rows.itertuples():
+        curve = curves[curves.run_id == row.run_id]
+        if not curve.empty:
+            out[int(row.seed)] = curve.groupby("step").value.last()
+    return out
+
+
+def settling(history: pd.DataFrame, rows: pd.DataFrame, *others: pd.DataFrame) -> Drift:
+    """Whether a setting's differences from `others` (the reference, the LM) had settled when its runs
+    stopped (`gptvae.stats.drift`), over the runs' plateau window and tolerance; the largest move of any."""
+    both = pd.concat([rows, *others])
+    patience = both["train.patience"].dropna() if "train.patience" in both else pd.Series(dtype=float)
+    window = int(patience.max()) if not patience.empty else 0
+    tolerance = float(both["train.tolerance"].max()) if "train.tolerance" in both else 0.0
+    mine = _bounds(history, rows)
+    drifts = [drift(mine, _bounds(history, other), window=window, tolerance=tolerance)
+              for other in others if not other.empty]
+    judged = [d for d in drifts if d.word != "not judged"]
+    if not judged:
+        return Drift(math.nan, 0, "not judged")
+    worst = max(judged, key=lambda d: d.move)
+    return Drift(worst.move, min(d.seeds for d in judged), worst.word)
+
+
 def _protocol_of(rows: pd.DataFrame, index, split: str) -> str:
     """The evaluation a run's numbers on `split` come from (`results.widest_evaluations`)."""
     column = f"{split}.protocol"
@@ -105,16 +136,19 @@ def has_sentences(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, split:
                for row in rows.itertuples())
 
 
-def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid") -> str:
+def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid",
+                     history: pd.DataFrame | None = None) -> str:
     """The ablation's likelihood table: per setting the IW-NLL (nats/token) with its 95% interval, and the
     paired differences (per seed, per sentence) against the spec's reference setting and the LM, each
-    with its interval and the word it licenses; then the bound and the NLL with the latent masked."""
+    with its interval and the word it licenses; then the bound and the NLL with the latent masked, how
+    many runs reached their plateau, and whether the setting's differences had settled (`settling`)."""
+    history = pd.DataFrame(columns=["run_id", "key", "step", "value"]) if history is None else history
     settings = _setting_rows(runs, spec)
     data = {label: _per_seed(rows, results_dir, split) for label, _, rows in settings}
     by_label = {label: rows for label, _, rows in settings}
     reference = spec.setting(spec.reference_value)
     header = [spec.label, "seeds", "IW-NLL", f"ESS < {ESS_FLOOR:g}", f"vs {reference}", "vs LM", "-ELBO",
-              "NLL, z masked", "converged"]
+              "NLL, z masked", "converged", "differences settled"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, _, rows in settings:
         seeds = data[label]
@@ -134,7 +168,7 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
                  versus(reference), versus("LM baseline"),
                  paired(seeds, None, "neg_elbo", per_token=True).format(3),
                  paired(seeds, None, "lm_nll", per_token=True).format(3),
-                 _converged(rows)]
+                 _converged(rows), _settled_cell(history, label, by_label, reference)]
         lines.append("| " + " | ".join(cells) + " |")
     k = _protocol(runs, spec, split, "iw_samples")
     return ("\n".join(lines) + "\n\n" + f"Nats per token on {split} ({_sentences(data)} sentences per run, IW-NLL "
@@ -148,7 +182,10 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
             f"effective sample size below {ESS_FLOOR:g} is not an estimate and prints as n/a; *ESS < {ESS_FLOOR:g}* is the "
             f"share of sentences whose weights are that degenerate (mean over seeds), where the estimate rests on "
             f"one or two samples. *Converged*: runs whose "
-            f"validation bound moved by less than the preset's tolerance over its last evaluations.\n")
+            f"validation bound moved by less than the preset's tolerance over its last evaluations. *Differences "
+            f"settled*: whether the paired difference of the validation bounds, against {reference} and the LM, "
+            f"moved by less than that tolerance over the same last evaluations in every seed (its largest move, "
+            f"nats/token, in brackets): a comparison can settle while its runs still improve.\n")
 
 
 def _protocol(runs: pd.DataFrame, spec: SweepSpec, split: str, key: str) -> str:
@@ -299,6 +336,12 @@ def _sentences(data) -> str:
     return "/".join(str(n) for n in sorted(sizes)) or "0"
 
 
+def _settled_cell(history: pd.DataFrame, label: str, by_label: dict[str, pd.DataFrame], reference: str) -> str:
+    others = [by_label[o] for o in (reference, "LM baseline") if o != label and o in by_label]
+    d = settling(history, by_label[label], *others)
+    return "–" if d.word == "not judged" else f"{'yes' if d.word == 'settled' else 'no'} ({d})"
+
+
 def _converged(rows: pd.DataFrame) -> str:
     if "train.converged" not in rows or rows["train.converged"].isna().all():
         return "not judged"
@@ -341,11 +384,12 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
     if (runs.experiment == spec.experiment).sum() == 0:   # sweeps run in pieces: say what to run, draw nothing
         return (f"*{spec.experiment} has no finished runs in {where['results']}: run `make {spec.experiment}` "
                 f"with the same PRESET, then `make results`.*\n"), []
-    tables = {"likelihood": comparison_table(runs, spec, where["results"]),
+    tables = {"likelihood": comparison_table(runs, spec, where["results"], history=res["history"]),
               "use": use_table(runs, spec, where["results"]),
               "use_by_length": use_by_length_table(runs, spec, where["results"])}
     if has_sentences(runs, spec, where["results"], "test"):
-        tables["likelihood_test"] = comparison_table(runs, spec, where["results"], split="test")
+        tables["likelihood_test"] = comparison_table(runs, spec, where["results"], split="test",
+                                                     history=res["history"])
         tables["use_test"] = use_table(runs, spec, where["results"], split="test")
     for kind, text in tables.items():
         atomic_write_text(where["tables"] / f"{spec.name}_{kind}.md", text)
@@ -489,7 +533,8 @@ class PaperContext:
 
     def __init__(self, where: dict[str, Path], out_dir: Path):
         self.where, self.out_dir = where, out_dir
-        self.runs = load_results(where["results"])["runs"]
+        results = load_results(where["results"])
+        self.runs, self.history = results["runs"], results["history"]
         self.specs = specs(where)
         self.cited: dict[str, set[str]] = {}
 
@@ -608,6 +653,31 @@ class PaperContext:
         """Whether every run of a setting passed the plateau test (a setting with any snapshot is not)."""
         rows = self._rows(experiment, setting)
         return "train.converged" in rows and bool((rows["train.converged"] == 1).all()) and not rows.empty
+
+    def settled(self, experiment: str, setting) -> Drift:
+        """Whether a setting's differences from its ablation's reference and the LM had settled when its
+        runs stopped (`settling`): the word, and the largest move in nats/token."""
+        reference = self.specs[experiment].reference_value
+        others = [self._rows(experiment, o) for o in ("reference", "lm")
+                  if not (o == "reference" and str(setting) == str(reference))]
+        return settling(self.history, self._rows(experiment, setting), *others)
+
+    def settlings(self) -> dict:
+        """Over every setting of every ablation with exported runs: how many had their differences judged,
+        how many settled, the largest move among them, and the settings still moving."""
+        judged, moving, largest = 0, [], math.nan
+        for spec in self.ablations():
+            for value in spec.values:
+                if self._rows(spec.experiment, value).empty:
+                    continue
+                d = self.settled(spec.experiment, value)
+                if d.word == "not judged":
+                    continue
+                judged += 1
+                largest = d.move if math.isnan(largest) else max(largest, d.move)
+                if d.word != "settled":
+                    moving.append(f"{spec.name}: {spec.setting(value)}")
+        return {"judged": judged, "settled": judged - len(moving), "moving": moving, "largest": largest}
 
     def max_seeds(self) -> int:
         """The most seeds any setting of any ablation has."""
@@ -770,8 +840,8 @@ class PaperContext:
 
     def functions(self) -> dict:
         """What the template may call, by name."""
-        names = ("table", "figure", "has_table", "value", "has_value", "const", "has_const",
-                 "span", "estimable", "converged", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
+        names = ("table", "figure", "has_table", "value", "has_value", "const", "has_const", "span", "estimable",
+                 "converged", "settled", "settlings", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
                  "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count", "seeds", "ablations",
                  "missing")
         return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}

@@ -162,6 +162,40 @@ def over_seeds(values) -> Interval:
     return Interval(mean, mean - half, mean + half, len(x), 0)
 
 
+@dataclass(frozen=True)
+class Drift:
+    """How far a paired comparison still moved at the end of training, and the word for it."""
+
+    move: float     # nats per token: the largest range, over seeds, of the difference over the last window
+    seeds: int      # seeds whose two runs share the window's validation points
+    word: str       # "settled", "still moving" or "not judged"
+
+    def __str__(self) -> str:
+        return "n/a" if math.isnan(self.move) else f"{self.move:.3f}"
+
+
+def drift(a: dict[int, pd.Series], b: dict[int, pd.Series], *, window: int, tolerance: float) -> Drift:
+    """Whether the difference between two settings had settled when training stopped.
+
+    a, b: seed -> a run's validation bound by step. Per seed, d = a - b at the validation steps both runs
+    share (the same validation sentences, so the difference is paired), and its range, max - min, over the
+    last `window` + 1 of them: the span of the plateau test (`gptvae.train.plateau`) applied to the
+    comparison instead of to one run. Two runs that still improve at the step limit, as runs whose cosine
+    ends there do, can differ by an amount that no longer moves. "settled" when the largest range over
+    seeds is below the tolerance, "still moving" when it is not, "not judged" when no seed has window + 1
+    shared points (or window is 0)."""
+    moves = []
+    for seed in sorted(set(a) & set(b)):
+        d = (a[seed] - b[seed]).dropna().sort_index()
+        if window > 0 and len(d) > window:
+            tail = d.iloc[-(window + 1):]
+            moves.append(float(tail.max() - tail.min()))
+    if not moves:
+        return Drift(math.nan, 0, "not judged")
+    move = max(moves)
+    return Drift(move, len(moves), "settled" if move < tolerance else "still moving")
+
+
 # words: chosen by the interval, never typed by hand
 
 ONE_SEED = "not resolved (1 seed)"
@@ -229,4 +263,5 @@ def trend(steps: list[Interval]) -> str:
     return "not resolved"
 
 
-__all__ = ["LEVEL", "Interval", "crossed_variance", "effective_dof", "over_seeds", "paired", "trend", "use", "verdict"]
+__all__ = ["LEVEL", "Drift", "Interval", "crossed_variance", "drift", "effective_dof", "over_seeds", "paired", "trend",
+           "use", "verdict"]

@@ -172,3 +172,29 @@ def test_an_unestimable_likelihood_prints_as_n_a_with_its_reason(tmp_path):
     assert "n/a: ESS 1.1 of 64" in row and "3.4" not in row.split("|")[3]
     prose = bullet(text, "λ = 1")   # the prose says why, and compares no likelihood
     assert "n/a: ESS 1.1 of 64" in prose and "costs" not in prose and "buys" not in prose
+
+
+def test_a_snapshot_says_whether_its_comparisons_had_settled(tmp_path):
+    """Two snapshots: at λ = 0.25 both runs of each pair still fall together (the difference has settled),
+    at λ = 1 the gap to the others is still closing over the last measurements (still moving)."""
+    where = synthetic_study(tmp_path, floor_effect=3.0, use=2.0, only="kl_floor")
+    runs = pd.read_csv(where["results"] / "runs.csv", dtype={"setting": str})
+    runs.loc[runs.setting.isin(["0.25", "1.0"]), "train.converged"] = 0.0
+    runs.to_csv(where["results"] / "runs.csv", index=False)
+    history = pd.read_csv(where["results"] / "history.csv")
+    late = history.run_id.str.startswith("kl-floor-4-") & (history.key == "val/nll_bound_per_token") & \
+        (history.step > 1700)
+    history.loc[late, "value"] -= 0.02 * (history.loc[late, "step"] - 1700) / 100
+    history.to_csv(where["results"] / "history.csv", index=False)
+    text = build(where)
+
+    def snapshot(setting):
+        return next(line for line in text.splitlines() if line.startswith(f"- **{setting} (a snapshot"))
+
+    assert "moved by at most 0.000 nats/token over the runs' last measurements: *settled*" in snapshot("λ = 0.25")
+    assert "moved by at most 0.060 nats/token over the runs' last measurements: *still moving*" in snapshot("λ = 1")
+    assert "(a snapshot" not in bullet(text, "λ = 0.1")
+    assert "4 of 5 settings had settled" in " ".join(text.split()) and "still moving: kl-floor: λ = 1." in text
+    table = text.split("## Free-bits floor λ", 1)[1].split("\n\n", 2)[1]
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in table.splitlines()}
+    assert rows["| λ = 1"][-1] == "no (0.060) |" and rows["| λ = 0.25"][-1] == "yes (0.000) |"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gptvae.stats import Interval, over_seeds, paired, trend, verdict
+from gptvae.stats import Interval, drift, over_seeds, paired, trend, verdict
 
 
 def frame(values, tokens=None, sentences=None):
@@ -164,6 +164,38 @@ def test_trend_words():
     assert trend([down, down]) == "falls monotonically"
     assert trend([up, flat]) == "not resolved"
     assert trend([up, down]) == "not monotonic"
+
+
+def _curve(values, start=100):
+    return pd.Series(values, index=range(start, start + 100 * len(values), 100), dtype=float)
+
+
+def test_a_difference_that_no_longer_moves_has_settled_while_both_runs_still_improve():
+    steps = np.arange(10)
+    a = {0: _curve(4.0 - 0.02 * steps), 1: _curve(4.1 - 0.02 * steps)}            # both still falling
+    b = {0: _curve(3.9 - 0.02 * steps), 1: _curve(4.0 - 0.02 * steps + np.array([0] * 7 + [0.004, -0.004, 0.0]))}
+    d = drift(a, b, window=3, tolerance=0.01)
+    assert d.word == "settled" and d.seeds == 2 and d.move == pytest.approx(0.008)
+
+
+def test_a_difference_still_closing_is_still_moving_by_its_range_over_the_last_window_only():
+    steps = np.arange(10.0)
+    early = np.where(steps < 3, 1.0, 0.0)   # a large early gap that has long closed does not count
+    a = {0: _curve(4.0 - 0.01 * steps + early)}
+    b = {0: _curve(3.9 - 0.01 * steps + np.where(steps >= 6, -0.01 * (steps - 6), 0.0))}
+    d = drift(a, b, window=3, tolerance=0.01)
+    assert d.word == "still moving" and d.move == pytest.approx(0.03)
+    assert drift(a, b, window=3, tolerance=0.031).word == "settled"
+
+
+def test_a_difference_is_taken_at_the_steps_both_runs_share_and_not_judged_without_a_window():
+    a = {0: _curve([5.0, 4.0, 3.0, 2.0, 1.0])}
+    b = {0: _curve([5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.4])}   # trained longer: its extra points are not compared
+    assert drift(a, b, window=3, tolerance=0.01).move == 0.0
+    assert drift(a, b, window=0, tolerance=0.01).word == "not judged"
+    assert drift(a, b, window=5, tolerance=0.01).word == "not judged"           # 5 shared points, not 6
+    assert drift(a, {1: b[0]}, window=3, tolerance=0.01).word == "not judged"   # no seed in common
+    assert str(drift(a, {1: b[0]}, window=3, tolerance=0.01)) == "n/a"
 
 
 def test_over_seeds_is_a_t_interval_and_one_seed_has_none():
