@@ -21,7 +21,7 @@ from gptvae.catalog import ESS_FLOOR, ESTIMATED, mi_at_ceiling, not_estimable
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
 from gptvae.results import load_results, load_sentences
-from gptvae.stats import Drift, Interval, drift, over_seeds, paired, trend, verdict
+from gptvae.stats import NOT_JUDGED, Drift, Interval, drift, over_seeds, paired, trend, verdict
 from gptvae.stats import use as use_word
 from gptvae.sweep import SweepSpec, load_specs
 
@@ -107,21 +107,27 @@ def _bounds(history: pd.DataFrame, rows: pd.DataFrame) -> dict[int, pd.Series]:
     return out
 
 
-def settling(history: pd.DataFrame, rows: pd.DataFrame, *others: pd.DataFrame) -> Drift:
-    """Whether a setting's differences from `others` (the reference, the LM) had settled when its runs
-    stopped (`gptvae.stats.drift`), over the runs' plateau window and tolerance; the largest move of any."""
-    both = pd.concat([rows, *others])
-    patience = both["train.patience"].dropna() if "train.patience" in both else pd.Series(dtype=float)
-    window = int(patience.max()) if not patience.empty else 0
-    tolerance = float(both["train.tolerance"].max()) if "train.tolerance" in both else 0.0
+def _logged(rows: pd.DataFrame, key: str) -> float:
+    """The one value of a config key these runs logged; NaN where it is missing or the runs disagree."""
+    values = rows[key].dropna().unique() if key in rows else []
+    return float(values[0]) if len(values) == 1 else math.nan
+
+
+def settling(history: pd.DataFrame, rows: pd.DataFrame, others: dict[str, pd.DataFrame]) -> Drift:
+    """Whether a setting's differences from `others` (name -> runs: the reference, the LM) had settled when
+    its runs stopped (`gptvae.stats.drift`), over the runs' plateau window and tolerance: the largest move
+    of the comparisons that could be judged, which it names; "not judged" where none could."""
+    both = pd.concat([rows, *others.values()])
+    window, tolerance = _logged(both, "train.patience"), _logged(both, "train.tolerance")
+    if math.isnan(window) or math.isnan(tolerance):
+        return NOT_JUDGED
     mine = _bounds(history, rows)
-    drifts = [drift(mine, _bounds(history, other), window=window, tolerance=tolerance)
-              for other in others if not other.empty]
-    judged = [d for d in drifts if d.word != "not judged"]
+    judged = {name: d for name, other in others.items()
+              if (d := drift(mine, _bounds(history, other), window=int(window), tolerance=tolerance)).word != "not judged"}
     if not judged:
-        return Drift(math.nan, 0, "not judged")
-    worst = max(judged, key=lambda d: d.move)
-    return Drift(worst.move, min(d.seeds for d in judged), worst.word)
+        return NOT_JUDGED
+    worst = max(judged.values(), key=lambda d: d.move)
+    return Drift(worst.move, min(d.seeds for d in judged.values()), worst.word, tuple(judged))
 
 
 def _protocol_of(rows: pd.DataFrame, index, split: str) -> str:
@@ -183,9 +189,10 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
             f"share of sentences whose weights are that degenerate (mean over seeds), where the estimate rests on "
             f"one or two samples. *Converged*: runs whose "
             f"validation bound moved by less than the preset's tolerance over its last evaluations. *Differences "
-            f"settled*: whether the paired difference of the validation bounds, against {reference} and the LM, "
-            f"moved by less than that tolerance over the same last evaluations in every seed (its largest move, "
-            f"nats/token, in brackets): a comparison can settle while its runs still improve.\n")
+            f"settled*: whether the difference of the validation bounds against {reference} and the LM (paired per "
+            f"seed, then the mean over seeds) moved by less than that tolerance over the same last evaluations, "
+            f"by its least-squares trend (the larger move, nats/token, in brackets): a comparison can settle while "
+            f"its runs still improve.\n")
 
 
 def _protocol(runs: pd.DataFrame, spec: SweepSpec, split: str, key: str) -> str:
@@ -337,8 +344,8 @@ def _sentences(data) -> str:
 
 
 def _settled_cell(history: pd.DataFrame, label: str, by_label: dict[str, pd.DataFrame], reference: str) -> str:
-    others = [by_label[o] for o in (reference, "LM baseline") if o != label and o in by_label]
-    d = settling(history, by_label[label], *others)
+    others = {o: by_label[o] for o in (reference, "LM baseline") if o != label and o in by_label}
+    d = settling(history, by_label[label], others)
     return "–" if d.word == "not judged" else f"{'yes' if d.word == 'settled' else 'no'} ({d})"
 
 
@@ -657,10 +664,11 @@ class PaperContext:
     def settled(self, experiment: str, setting) -> Drift:
         """Whether a setting's differences from its ablation's reference and the LM had settled when its
         runs stopped (`settling`): the word, and the largest move in nats/token."""
-        reference = self.specs[experiment].reference_value
-        others = [self._rows(experiment, o) for o in ("reference", "lm")
-                  if not (o == "reference" and str(setting) == str(reference))]
-        return settling(self.history, self._rows(experiment, setting), *others)
+        spec = self.specs[experiment]
+        others = {"the LM": self._rows(experiment, "lm")}
+        if str(setting) != str(spec.reference_value):
+            others = {spec.setting(spec.reference_value): self._rows(experiment, "reference"), **others}
+        return settling(self.history, self._rows(experiment, setting), others)
 
     def settlings(self) -> dict:
         """Over every setting of every ablation with exported runs: how many had their differences judged,

@@ -166,34 +166,46 @@ def over_seeds(values) -> Interval:
 class Drift:
     """How far a paired comparison still moved at the end of training, and the word for it."""
 
-    move: float     # nats per token: the largest range, over seeds, of the difference over the last window
-    seeds: int      # seeds whose two runs share the window's validation points
-    word: str       # "settled", "still moving" or "not judged"
+    move: float                  # nats per token: what the trend of the difference changed over the last window
+    seeds: int                   # seeds whose two runs both have curves
+    word: str                    # "settled", "still moving" or "not judged"
+    against: tuple[str, ...] = ()   # what the setting was compared with, where a caller names it
 
     def __str__(self) -> str:
         return "n/a" if math.isnan(self.move) else f"{self.move:.3f}"
 
 
+NOT_JUDGED = Drift(math.nan, 0, "not judged")
+
+
 def drift(a: dict[int, pd.Series], b: dict[int, pd.Series], *, window: int, tolerance: float) -> Drift:
     """Whether the difference between two settings had settled when training stopped.
 
-    a, b: seed -> a run's validation bound by step. Per seed, d = a - b at the validation steps both runs
-    share (the same validation sentences, so the difference is paired), and its range, max - min, over the
-    last `window` + 1 of them: the span of the plateau test (`gptvae.train.plateau`) applied to the
-    comparison instead of to one run. Two runs that still improve at the step limit, as runs whose cosine
-    ends there do, can differ by an amount that no longer moves. "settled" when the largest range over
-    seeds is below the tolerance, "still moving" when it is not, "not judged" when no seed has window + 1
-    shared points (or window is 0)."""
-    moves = []
+    a, b: seed -> a run's validation bound by step (the same validation sentences at every point, so a - b
+    is paired). Per seed, d = a - b at every validation step of either run, a run that stopped earlier held
+    at its last value (its final model is the one compared); then the mean of d over seeds, the difference
+    the tables report. Its movement is what its least-squares trend changes over the last `window` + 1
+    points, |slope| x their span: the window of the plateau test (`gptvae.train.plateau`), applied to the
+    comparison instead of one run. A trend and not a range, so that point-to-point noise, which grows with
+    the KL (the bound samples one z), and the number of seeds are not read as movement. Two runs that still
+    improve at the step limit, as runs whose cosine ends there do, can differ by an amount that no longer
+    moves. "settled" below the tolerance, "still moving" at or above it, "not judged" with no seed in
+    common, no window or too few points."""
+    curves = []
     for seed in sorted(set(a) & set(b)):
-        d = (a[seed] - b[seed]).dropna().sort_index()
-        if window > 0 and len(d) > window:
-            tail = d.iloc[-(window + 1):]
-            moves.append(float(tail.max() - tail.min()))
-    if not moves:
-        return Drift(math.nan, 0, "not judged")
-    move = max(moves)
-    return Drift(move, len(moves), "settled" if move < tolerance else "still moving")
+        pair = pd.concat({"a": a[seed].groupby(level=0).last(), "b": b[seed].groupby(level=0).last()}, axis=1)
+        pair = pair.sort_index().ffill()
+        curves.append((pair.a - pair.b).dropna())
+    if window < 1 or not curves or math.isnan(tolerance):
+        return NOT_JUDGED
+    mean = pd.concat(curves, axis=1).sort_index().ffill().mean(axis=1).dropna()
+    if len(mean) <= window:
+        return NOT_JUDGED
+    tail = mean.iloc[-(window + 1):]
+    steps = tail.index.to_numpy(np.float64)
+    slope = float(np.polyfit(steps, tail.to_numpy(np.float64), 1)[0])
+    move = abs(slope) * float(steps[-1] - steps[0])
+    return Drift(move, len(curves), "settled" if move < tolerance else "still moving")
 
 
 # words: chosen by the interval, never typed by hand

@@ -173,12 +173,17 @@ def _curve(values, start=100):
 def test_a_difference_that_no_longer_moves_has_settled_while_both_runs_still_improve():
     steps = np.arange(10)
     a = {0: _curve(4.0 - 0.02 * steps), 1: _curve(4.1 - 0.02 * steps)}            # both still falling
-    b = {0: _curve(3.9 - 0.02 * steps), 1: _curve(4.0 - 0.02 * steps + np.array([0] * 7 + [0.004, -0.004, 0.0]))}
+    wobble = np.array([0] * 7 + [0.004, -0.004, 0.0])
+    b = {0: _curve(3.9 - 0.02 * steps), 1: _curve(4.0 - 0.02 * steps + wobble)}
     d = drift(a, b, window=3, tolerance=0.01)
-    assert d.word == "settled" and d.seeds == 2 and d.move == pytest.approx(0.008)
+    # the seeds' mean difference over the last 4 points: 0.1, 0.098, 0.102, 0.1; its trend moves 0.0012
+    assert d.word == "settled" and d.seeds == 2 and d.move == pytest.approx(0.0012)
 
 
-def test_a_difference_still_closing_is_still_moving_by_its_range_over_the_last_window_only():
+def test_noise_about_a_flat_difference_is_not_movement_but_a_trend_is():
+    flat = {0: _curve([3.0] * 10)}
+    noisy = {0: _curve([5.0] * 6 + [5.0, 5.03, 5.03, 5.0])}   # a range of 0.03, no trend
+    assert drift(noisy, flat, window=3, tolerance=0.01).move == pytest.approx(0.0)
     steps = np.arange(10.0)
     early = np.where(steps < 3, 1.0, 0.0)   # a large early gap that has long closed does not count
     a = {0: _curve(4.0 - 0.01 * steps + early)}
@@ -188,12 +193,14 @@ def test_a_difference_still_closing_is_still_moving_by_its_range_over_the_last_w
     assert drift(a, b, window=3, tolerance=0.031).word == "settled"
 
 
-def test_a_difference_is_taken_at_the_steps_both_runs_share_and_not_judged_without_a_window():
-    a = {0: _curve([5.0, 4.0, 3.0, 2.0, 1.0])}
-    b = {0: _curve([5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.4])}   # trained longer: its extra points are not compared
-    assert drift(a, b, window=3, tolerance=0.01).move == 0.0
+def test_a_run_that_stopped_early_is_compared_by_its_final_model():
+    a = {0: _curve([5.0, 4.0, 3.0, 2.0, 1.0])}                 # stopped at step 500, on its plateau
+    b = {0: _curve([5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 1.0])}       # the same curve, to step 700
+    assert drift(a, b, window=3, tolerance=0.01).move == pytest.approx(0.0)
+    c = {0: _curve([5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.0])}       # still falling after a stopped
+    assert drift(a, c, window=3, tolerance=0.01).word == "still moving"
     assert drift(a, b, window=0, tolerance=0.01).word == "not judged"
-    assert drift(a, b, window=5, tolerance=0.01).word == "not judged"           # 5 shared points, not 6
+    assert drift(a, b, window=7, tolerance=0.01).word == "not judged"           # 7 points, not 8
     assert drift(a, {1: b[0]}, window=3, tolerance=0.01).word == "not judged"   # no seed in common
     assert str(drift(a, {1: b[0]}, window=3, tolerance=0.01)) == "n/a"
 
