@@ -184,7 +184,9 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
             f"differences are paired per seed and per sentence (setting minus the other). Words: *ties* when the "
             f"interval lies within ±{MARGIN} nats/token, else *costs* / *buys* when it excludes 0, else *not "
             f"resolved*; one seed gets no word. The VAE's IW-NLL is an upper bound on its NLL (the LM's is exact), "
-            f"so *costs* against the LM says the bound costs. An IW-NLL whose importance weights have a median "
+            f"so *costs* says the bound costs, against the LM and against any setting whose bound is tighter (a "
+            f"collapsed VAE's is exact): the K sweep shows how much of a gap can be the estimator's. An IW-NLL "
+            f"whose importance weights have a median "
             f"effective sample size below {ESS_FLOOR:g} is not an estimate and prints as n/a; *ESS < {ESS_FLOOR:g}* is the "
             f"share of sentences whose weights are that degenerate (mean over seeds), where the estimate rests on "
             f"one or two samples. *Converged*: runs whose "
@@ -661,6 +663,12 @@ class PaperContext:
         rows = self._rows(experiment, setting)
         return "train.converged" in rows and bool((rows["train.converged"] == 1).all()) and not rows.empty
 
+    def reached(self, experiment: str, setting) -> str:
+        """How many of a setting's runs passed the plateau test: "1 of 2"."""
+        rows = self._rows(experiment, setting)
+        done = int((rows["train.converged"] == 1).sum()) if "train.converged" in rows else 0
+        return f"{done} of {len(rows)}"
+
     def settled(self, experiment: str, setting) -> Drift:
         """Whether a setting's differences from its ablation's reference and the LM had settled when its
         runs stopped (`settling`): the word, and the largest move in nats/token."""
@@ -849,7 +857,7 @@ class PaperContext:
     def functions(self) -> dict:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "value", "has_value", "const", "has_const", "span", "estimable",
-                 "converged", "settled", "settlings", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
+                 "converged", "reached", "settled", "settlings", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
                  "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count", "seeds", "ablations",
                  "missing")
         return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}

@@ -210,7 +210,7 @@ def drift(a: dict[int, pd.Series], b: dict[int, pd.Series], *, window: int, tole
 
 # words: chosen by the interval, never typed by hand
 
-ONE_SEED = "not resolved (1 seed)"
+ONE_SEED = "no word (1 seed)"   # an interval far from 0 is still not a verdict over seeds
 
 
 def verdict(diff: Interval, *, margin: float, higher_is_worse: bool = True) -> str:
@@ -221,7 +221,7 @@ def verdict(diff: Interval, *, margin: float, higher_is_worse: bool = True) -> s
     costs          the whole interval is worse than the reference (above 0 when higher is worse)
     buys           the whole interval is better
     not resolved   the interval contains 0 and reaches past the margin: the data cannot tell
-    not resolved (1 seed)   one seed: no interval over seeds, so no word
+    no word (1 seed)   one seed: no interval over seeds, so no verdict
     """
     if math.isnan(diff.low):
         return "not resolved"
