@@ -351,13 +351,17 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame]:
     return frames
 
 
-def widest_evaluations(runs: pd.DataFrame, splits=("valid", "test")) -> pd.DataFrame:
-    """Each run's <split>.* columns set to its widest evaluation on that split: of the protocols logged
-    with the run's own K and seed, in bf16 (its final evaluation "<split>", and "<split>_k<K>_n<N>" that
-    `evaluate` added, e.g. the whole split after a final evaluation on a subset), the one on the most
-    sentences. Its name goes to "<split>.protocol", which names the per-sentence file to read. The raw
-    columns stay under their own names, so runs.csv itself keeps every protocol."""
+def widest_evaluations(runs: pd.DataFrame, splits=("valid", "test"), *, by: str = "experiment") -> pd.DataFrame:
+    """Each run's <split>.* columns set to the widest evaluation on that split that every run of its table
+    (the rows sharing `by`) holds: of the protocols logged with the run's own K and seed, in bf16 (its final
+    evaluation "<split>", and "<split>_k<K>_n<N>" that `evaluate` added, e.g. the whole split after a final
+    evaluation on a subset), the one on the most sentences that all of them have. So a table's numbers
+    measured once per run (MI, AU, a probe) come from one protocol for every row, and a run evaluated more
+    widely than the others is read on the sentences they share; where no size is shared, each run's widest.
+    Its name goes to "<split>.protocol", which names the per-sentence file to read. The raw columns stay
+    under their own names, so runs.csv itself keeps every protocol."""
     runs = runs.copy()
+    groups = runs[by].fillna("") if by in runs else pd.Series("", index=runs.index)
     for split in splits:
         if f"{split}.n_sequences" not in runs:
             continue
@@ -367,21 +371,26 @@ def widest_evaluations(runs: pd.DataFrame, splits=("valid", "test")) -> pd.DataF
         missing = sorted({split + c[len(prefix):] for prefix in others for c in runs if c.startswith(prefix + ".")}
                          - set(runs.columns))   # keys only an added protocol logged (e.g. its eval_seed)
         runs = pd.concat([runs, pd.DataFrame(np.nan, index=runs.index, columns=missing)], axis=1)
-        protocols = []
+        sizes = {}   # run -> {sentences: protocol}, the run's own protocol first among equals
         for i in runs.index:
-            best, best_n = split, pd.to_numeric(runs.at[i, f"{split}.n_sequences"], errors="coerce")
-            if pd.isna(best_n):
-                protocols.append(None)
+            own = pd.to_numeric(runs.at[i, f"{split}.n_sequences"], errors="coerce")
+            if pd.isna(own):
                 continue
+            sizes[i] = {own: split}
             for prefix, k in sorted(others.items()):
                 n = pd.to_numeric(runs.at[i, f"{prefix}.n_sequences"], errors="coerce")
-                if k == pd.to_numeric(runs.at[i, f"{split}.iw_samples"], errors="coerce") and n > best_n:
-                    best, best_n = prefix, n
-            protocols.append(best)
-            if best != split:   # every number of the run on this split from that one evaluation
+                if k == pd.to_numeric(runs.at[i, f"{split}.iw_samples"], errors="coerce") and not pd.isna(n):
+                    sizes[i].setdefault(n, prefix)
+        protocols = dict.fromkeys(runs.index)
+        for _, members in groups[list(sizes)].groupby(groups[list(sizes)]):
+            shared = set.intersection(*(set(sizes[i]) for i in members.index))
+            for i in members.index:
+                protocols[i] = sizes[i][max(shared or sizes[i])]
+        for i, best in protocols.items():
+            if best not in (None, split):   # every number of the run on this split from that one evaluation
                 for column in [c for c in runs if c.startswith(best + ".")]:
                     runs.loc[i, split + column[len(best):]] = runs.loc[i, column]
-        runs[f"{split}.protocol"] = protocols
+        runs[f"{split}.protocol"] = pd.Series(protocols, dtype=object)
     return runs
 
 

@@ -295,22 +295,31 @@ def test_a_sentence_effect_shared_by_all_seeds_is_resampled_as_one():
     assert covered >= 34
 
 
-def test_the_widest_evaluation_of_a_run_is_the_one_reported():
-    """A final evaluation on 100 sentences, then `evaluate` on all 300 at the same K: the 300 are read. A
-    protocol at another K, in fp32 or with another seed is never taken for the run's own."""
+def test_a_table_reads_the_widest_evaluation_all_its_runs_share():
+    """Final evaluations on 100 sentences, then `evaluate` on all 300 at the same K. In table x both runs have
+    the 300, and both read them; in table y only one has, and both read the 100 they share, so that a number
+    measured once per run never mixes sentence sets within a table. A protocol at another K, in fp32 or with
+    another seed is never taken for the run's own."""
     from gptvae.results import widest_evaluations
 
     runs = pd.DataFrame({
-        "run_id": ["a", "b", "c"],
-        "valid.n_sequences": [100, 100, None], "valid.iw_samples": [64, 64, None], "valid.iw_nll": [3.0, 3.0, None],
-        "valid_k64_n300.n_sequences": [300, None, None], "valid_k64_n300.iw_nll": [2.9, None, None],
-        "valid_k500_n900.n_sequences": [None, 900, None], "valid_k500_n900.iw_nll": [None, 2.5, None],
-        "valid_k64_n900_fp32.n_sequences": [None, 900, None], "valid_k64_n900_s1.n_sequences": [None, 900, None],
+        "run_id": ["a", "b", "c", "d", "e"], "experiment": ["x", "y", "y", "x", "y"],
+        "valid.n_sequences": [100, 100, None, 100, 100], "valid.iw_samples": [64, 64, None, 64, 64],
+        "valid.iw_nll": [3.0, 3.0, None, 3.1, 3.2],
+        "valid_k64_n300.n_sequences": [300, None, None, 300, 300], "valid_k64_n300.iw_nll": [2.9, None, None, 2.8, 2.7],
+        "valid_k500_n900.n_sequences": [None, 900, None, None, None], "valid_k500_n900.iw_nll": [None, 2.5, None, None, None],
+        "valid_k64_n900_fp32.n_sequences": [None, 900, None, None, None],
+        "valid_k64_n900_s1.n_sequences": [None, 900, None, None, None],
     })
     wide = widest_evaluations(runs)
-    assert list(wide["valid.protocol"][:2]) == ["valid_k64_n300", "valid"] and pd.isna(wide["valid.protocol"][2])
-    assert list(wide["valid.n_sequences"][:2]) == [300, 100] and list(wide["valid.iw_nll"][:2]) == [2.9, 3.0]
+    protocol = dict(zip(wide.run_id, wide["valid.protocol"]))
+    assert [protocol[r] for r in "adbe"] == ["valid_k64_n300", "valid_k64_n300", "valid", "valid"], protocol
+    assert pd.isna(protocol["c"])
+    assert list(wide["valid.n_sequences"].fillna(-1)) == [300, 100, -1, 300, 100]
+    assert list(wide["valid.iw_nll"].fillna(-1)) == [2.9, 3.0, -1, 2.8, 3.2]
     assert runs["valid.iw_nll"].iloc[0] == 3.0   # the input is left as it was
+    alone = widest_evaluations(runs[runs.run_id == "e"])   # a table of one run reads its widest
+    assert list(alone["valid.protocol"]) == ["valid_k64_n300"]
 
 
 def test_the_comparison_table_reads_each_runs_widest_evaluation(tmp_path):
