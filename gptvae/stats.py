@@ -5,7 +5,7 @@ that seed and evaluated on the same sentences, so the difference is taken seed b
 by sentence, and the shared seed effect and the sentences' own difficulty cancel. Its interval counts
 three sources of uncertainty, from the two-way ANOVA of the differences (seeds crossed with sentences):
 the seeds, the sentences and their interaction, with a t quantile at the Welch-Satterthwaite degrees of
-freedom of that combination, so that three seeds are treated as three where their spread dominates.
+freedom of that combination, so that three seeds are treated as three, also when they happen to agree.
 
     a = {seed: per-sentence frame of setting A}     # gptvae.results.load_sentences
     b = {seed: per-sentence frame of the reference}
@@ -80,8 +80,9 @@ def paired(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, column
     from the two-way ANOVA mean squares (`crossed_variance`); adding the spread over seeds to a sentence
     bootstrap instead would count the noise twice. The interval is estimate +- t(nu) * sqrt(variance), nu
     the Welch-Satterthwaite degrees of freedom of that combination of mean squares: three seeds whose
-    spread dominates get t(2) = 4.30, as a mean of three must, and a seed spread that is negligible
-    against the sentences' gives t with about n degrees of freedom, 1.96. One seed: the sentences alone
+    spread is not dwarfed by the sentences' get about t(2) = 4.30, as a mean of three must (also when
+    they happen to agree), and only a sentence spread far above the seeds' gives t with about n degrees of
+    freedom, 1.96. One seed: the sentences alone
     (t with n - 1 degrees of freedom), and the Interval says seeds = 1: `verdict` gives it no word.
 
     The per-seed statistic is sum(a - b) / sum(tokens) when per_token (every seed has the same sentences,
@@ -113,10 +114,13 @@ def crossed_variance(x: np.ndarray) -> tuple[float, float]:
     the random-effects two-way model without replication: x = mu + a_s + b_i + e_si.
 
     With the mean squares MS_seed = n var(seed means), MS_sent = k var(sentence means) and MS_resid (the
-    interaction, (k - 1)(n - 1) degrees of freedom), var_seed = (MS_seed - MS_resid) / n and var_sentence =
-    (MS_sent - MS_resid) / k, each truncated at 0, and var_noise = MS_resid. The variance of the grand mean
-    is var_seed / k + var_sentence / n + var_noise / (k n), a combination of the mean squares whose degrees
-    of freedom follow Welch and Satterthwaite. One seed: the sentences' variance of the mean, n - 1."""
+    interaction, (k - 1)(n - 1) degrees of freedom), E MS_seed = n var_seed + var_noise, E MS_sent =
+    k var_sentence + var_noise and E MS_resid = var_noise, so the variance of the grand mean, var_seed / k +
+    var_sentence / n + var_noise / (k n), is (MS_seed + MS_sent - MS_resid) / (k n). MS_seed and MS_sent are
+    floored at MS_resid (a variance component is not negative) but never dropped: a seed mean square that
+    happens to fall below the noise still carries only its k - 1 degrees of freedom. Dropping it would read
+    two or three seeds that agree by chance as proof that seeds do not matter, and give t with n degrees of
+    freedom (1.96) where the seeds allow t(k - 1). One seed: the sentences' variance of the mean, n - 1."""
     k, n = x.shape
     if n < 2 and k < 2:
         return 0.0, math.inf
@@ -129,12 +133,10 @@ def crossed_variance(x: np.ndarray) -> tuple[float, float]:
     ms_sent = k * float(sentence_means.var(ddof=1))
     resid = x - seed_means[:, None] - sentence_means[None, :] + grand
     ms_resid = float((resid ** 2).sum()) / ((k - 1) * (n - 1))
-    seed_on, sent_on = ms_seed > ms_resid, ms_sent > ms_resid   # components truncated at 0 drop out
-    terms = [(ms_seed * seed_on, k - 1), (ms_sent * sent_on, n - 1),
-             (ms_resid * (1 - seed_on - sent_on), (k - 1) * (n - 1))]   # variance * (k n) = sum of these
-    variance = sum(value for value, _ in terms) / (k * n)
-    dof = effective_dof(*terms)
-    return variance, dof
+    terms = [(max(ms_seed, ms_resid), k - 1), (max(ms_sent, ms_resid), n - 1),
+             (-ms_resid, (k - 1) * (n - 1))]   # variance * (k n) = sum of these
+    variance = max(sum(value for value, _ in terms), 0.0) / (k * n)
+    return variance, effective_dof(*terms)
 
 
 def effective_dof(*terms: tuple[float, float]) -> float:
