@@ -19,6 +19,7 @@ class Metric:
     digits: int = 3            # decimals in tables and prose
     latent_only: bool = False  # needs a latent: the LM baseline has none (no reference line, n/a in tables)
     axis_label: str = ""       # axis label where "label (unit)" would not read well
+    bounds: tuple[float, float] = (-math.inf, math.inf)   # the values it can take: intervals are clipped to them
 
     @property
     def axis(self) -> str:
@@ -30,12 +31,15 @@ class Metric:
         return f"{value:.{self.digits}f}"
 
 
+ACCURACY = (0.0, 1.0)
+PERCENT = (0.0, 100.0)   # sacreBLEU's scale
+
 METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("valid.neg_elbo", "-ELBO", "nats/sequence"),
     Metric("valid.rec", "Rec", "nats/sequence"),
-    Metric("valid.kl", "KL", "nats/sequence", latent_only=True),
+    Metric("valid.kl", "KL", "nats/sequence", latent_only=True, bounds=(0.0, math.inf)),
     Metric("valid.mi", "MI", "nats", latent_only=True),
-    Metric("valid.au", "AU", digits=1, latent_only=True, axis_label="active units"),
+    Metric("valid.au", "AU", digits=1, latent_only=True, axis_label="active units", bounds=(0.0, math.inf)),
     Metric("valid.iw_nll", "IW-NLL", "nats/sequence"),
     Metric("valid.iw_nll_per_token", "IW-NLL", "nats/token"),
     Metric("valid.ppl", "PPL", digits=1, axis_label="PPL (IW-NLL)"),
@@ -46,19 +50,20 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("valid.mi_noise", "MI noise", "nats", latent_only=True),
     Metric("valid.mi_ceiling", "log N", "nats", latent_only=True),
     Metric("valid.iw_ess_median", "ESS", digits=1, latent_only=True, axis_label="IW effective sample size"),
-    Metric("valid.probe_acc_sentiment", "probe on μ", latent_only=True, axis_label="sentiment probe on μ"),
+    Metric("valid.probe_acc_sentiment", "probe on μ", latent_only=True, axis_label="sentiment probe on μ",
+           bounds=ACCURACY),
     Metric("valid.probe_z_acc_sentiment", "probe on z", latent_only=True,
-           axis_label="sentiment probe on sampled z (accuracy)"),
-    Metric("valid.probe_majority_sentiment", "majority class", latent_only=True),
-    Metric("valid.probe_untrained_z_acc_sentiment", "probe, untrained", latent_only=True),
+           axis_label="sentiment probe on sampled z (accuracy)", bounds=ACCURACY),
+    Metric("valid.probe_majority_sentiment", "majority class", latent_only=True, bounds=ACCURACY),
+    Metric("valid.probe_untrained_z_acc_sentiment", "probe, untrained", latent_only=True, bounds=ACCURACY),
     Metric("valid.recon_bleu", "BLEU (z = μ)", digits=1, latent_only=True,
-           axis_label="greedy reconstruction BLEU (z = μ)"),
-    Metric("valid.recon_bleu_masked", "BLEU (z masked)", digits=1),
+           axis_label="greedy reconstruction BLEU (z = μ)", bounds=PERCENT),
+    Metric("valid.recon_bleu_masked", "BLEU (z masked)", digits=1, bounds=PERCENT),
     # curves (history.csv): logged during training on the fixed validation subset, or on training batches
     Metric("val/neg_elbo", "-ELBO", "nats/sequence"),
     Metric("val/rec", "Rec", "nats/sequence"),
-    Metric("val/kl", "KL", "nats/sequence", latent_only=True),
-    Metric("val/au", "AU", digits=1, latent_only=True, axis_label="active units"),
+    Metric("val/kl", "KL", "nats/sequence", latent_only=True, bounds=(0.0, math.inf)),
+    Metric("val/au", "AU", digits=1, latent_only=True, axis_label="active units", bounds=(0.0, math.inf)),
     Metric("val/nll_bound_per_token", "NLL bound", "nats/token"),
     Metric("train/loss", "loss", "nats/token"),
     Metric("train/kl", "KL (train)", "nats/sequence", latent_only=True),
@@ -105,4 +110,10 @@ def metric(key: str) -> Metric:
     return METRICS.get(key) or Metric(key, key)
 
 
-__all__ = ["ESS_FLOOR", "ESTIMATED", "FIGURE", "METRICS", "Metric", "metric", "mi_at_ceiling", "not_estimable"]
+def bounds(key: str) -> tuple[float, float]:
+    """The values a metric can take, on any split or protocol ("test.kl" is bounded as "valid.kl" is)."""
+    name = key.partition(".")[2]
+    return (METRICS.get(key) or METRICS.get(f"valid.{name}") or Metric(key, key)).bounds
+
+
+__all__ = ["ACCURACY", "ESS_FLOOR", "PERCENT", "bounds", "ESTIMATED", "FIGURE", "METRICS", "Metric", "metric", "mi_at_ceiling", "not_estimable"]

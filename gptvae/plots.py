@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from gptvae.catalog import ESS_FLOOR, ESTIMATED, FIGURE, metric
+from gptvae.catalog import ESS_FLOOR, ESTIMATED, FIGURE, bounds, metric
 from gptvae.families import BASELINE
 from gptvae.stats import over_seeds
 
@@ -42,7 +42,7 @@ def _by_value(runs: pd.DataFrame, experiment: str, key: str) -> pd.DataFrame:
             rows.append({"value": value, "mean": np.nan, "low": 0.0, "high": 0.0, "count": 0,
                          "missing": int(group.shown.isna().sum() - group[key].isna().sum())})
             continue
-        interval = over_seeds(group.shown)
+        interval = over_seeds(group.shown, bounds(key))
         low = 0.0 if np.isnan(interval.low) else interval.estimate - interval.low
         high = 0.0 if np.isnan(interval.high) else interval.high - interval.estimate
         rows.append({"value": value, "mean": interval.estimate, "low": low, "high": high,
@@ -153,10 +153,45 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
             ax.legend(loc="best", fontsize=7)
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
-    seeds = runs.loc[runs.experiment == experiment, "seed"].nunique()
-    fig.suptitle(f"Validation metrics against {factor_label}: mean over {seeds} seed{'s' * (seeds > 1)}"
-                 f"{' with a 95% t interval' if seeds > 1 else ''}; the LM baseline dashed, its seeds' range shaded")
+    counts = runs[runs.experiment == experiment].groupby(["kind", "value"], dropna=False)["seed"].nunique()
+    seeds = "–".join(str(n) for n in sorted({int(counts.min()), int(counts.max())})) if len(counts) else "0"
+    fig.suptitle(f"Validation metrics against {factor_label}: mean over {seeds} seeds per setting with a 95% t "
+                 f"interval over seeds, the LM baseline dashed and its seeds' range shaded\n(unpaired: for "
+                 f"comparisons read the paired differences, in the tables and their own figure)", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def paired_differences(frame: pd.DataFrame, *, factor_label: str, margin: float, names=None):
+    """What the likelihood table says, drawn: each setting's IW-NLL minus the LM's and minus the reference
+    setting's, paired per seed and per sentence, with the table's 95% interval (`gptvae.report.differences`)
+    and its word. The ±margin band is where a difference *ties*. Absolute values with bars over seeds
+    (the metrics figure) cannot show this: the seed effect shared by both settings cancels only when paired."""
+    panels = list(dict.fromkeys(frame["against"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    at = _positions(frame["value"])
+    for ax, against in zip(axes.flat, panels):
+        part = frame[frame["against"] == against].sort_values("value")
+        ax.axhspan(-margin, margin, color="tab:green", alpha=0.12, linewidth=0, label=f"ties (±{margin:g})")
+        ax.axhline(0, color="0.35", linewidth=0.8)
+        ax.errorbar(part["value"].map(at), part["estimate"],
+                    yerr=[part["estimate"] - part["low"], part["high"] - part["estimate"]],
+                    marker="o", linestyle="none", capsize=3, color="tab:blue", label="paired difference, 95%")
+        for i, row in enumerate(part.itertuples()):   # neighbours' words alternate above and below their bars
+            above = i % 2 == 0
+            ax.annotate(f"{row.word}\n({row.seeds} seed{'s' * (row.seeds > 1)})",
+                        (at[row.value], row.high if above else row.low), textcoords="offset points",
+                        xytext=(0, 4 if above else -4), ha="center", va="bottom" if above else "top", fontsize=7)
+        _x_axis(ax, at, factor_label, names)
+        wide = bool((part["estimate"].abs() > 20 * margin).any())
+        if wide:   # a large cost beside small ones: decades readable, linear within the margin
+            ax.set_yscale("symlog", linthresh=margin)
+        ax.set_ylabel(f"IW-NLL minus {against} (nats/token{', symlog' if wide else ''})", fontsize=9)
+        ax.margins(y=0.25)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle("Paired differences in IW-NLL on validation (per seed and per sentence), 95% intervals",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 

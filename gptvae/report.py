@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from gptvae import plots
-from gptvae.catalog import ESS_FLOOR, ESTIMATED, mi_at_ceiling, not_estimable
+from gptvae.catalog import ESS_FLOOR, ESTIMATED, bounds, mi_at_ceiling, not_estimable
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
 from gptvae.results import load_results, load_sentences
@@ -197,6 +197,28 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
             f"its runs still improve.\n")
 
 
+def differences(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid") -> pd.DataFrame:
+    """The likelihood table's paired differences as a frame, for the figure that shows what the table says:
+    one row per setting and comparison (against the LM and the reference), with the estimate, its 95%
+    interval, the seeds it paired and its word. A setting whose IW-NLL is no estimate is left out."""
+    settings = _setting_rows(runs, spec)
+    data = {label: _per_seed(rows, results_dir, split) for label, _, rows in settings}
+    estimable = {label: not not_estimable(rows, split) for label, _, rows in settings}
+    reference = spec.setting(spec.reference_value)
+    out = []
+    for label, value, _ in settings:
+        if value is None or not data[label] or not estimable[label]:
+            continue
+        for against in ("LM baseline", reference):
+            if against == label or not data.get(against) or not estimable[against]:
+                continue
+            diff = paired(data[label], data[against], "iw_nll", per_token=True)
+            position = spec.values.index(value) if spec.categorical else value   # as runs.value holds it
+            out.append({"value": position, "against": against, "estimate": diff.estimate, "low": diff.low,
+                        "high": diff.high, "seeds": diff.seeds, "word": verdict(diff, margin=MARGIN)})
+    return pd.DataFrame(out, columns=["value", "against", "estimate", "low", "high", "seeds", "word"])
+
+
 def _protocol(runs: pd.DataFrame, spec: SweepSpec, split: str, key: str) -> str:
     values = runs.loc[runs.experiment == spec.experiment, f"{split}.{key}"].dropna().unique() \
         if f"{split}.{key}" in runs else []
@@ -218,10 +240,10 @@ def use_by_length_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, 
     tokens = frames[0].set_index("sentence").tokens
     inner = np.unique(np.floor(np.quantile(tokens, np.linspace(0, 1, LENGTH_BINS + 1)[1:-1])))
     group = pd.Series(np.searchsorted(inner, tokens, side="left"), index=tokens.index)   # t <= edge: that group
-    bounds = [int(tokens.min()), *(int(e) + 1 for e in inner)], [*(int(e) for e in inner), int(tokens.max())]
+    edges = [int(tokens.min()), *(int(e) + 1 for e in inner)], [*(int(e) for e in inner), int(tokens.max())]
     kept = [g for g in range(len(inner) + 1) if (group == g).any()]   # a tercile edge at the longest length: none
     names = [f"{lo}–{hi} tokens" if lo < hi else f"{lo} tokens"
-             for g, (lo, hi) in enumerate(zip(*bounds, strict=True)) if g in kept]
+             for g, (lo, hi) in enumerate(zip(*edges, strict=True)) if g in kept]
     lines = ["| " + " | ".join([spec.label, "seeds", *names]) + " |", "|" + "---|" * (len(names) + 2)]
     for label, seeds in data.items():
         if not seeds:
@@ -260,7 +282,7 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
     def seeds_of(rows, key, digits):
         if key not in rows or rows[key].isna().all():
             return "–"
-        return over_seeds(rows[key]).format(digits)
+        return over_seeds(rows[key], bounds(key)).format(digits)
 
     for label, _, rows in settings:
         data = _per_seed(rows, results_dir, split)
@@ -410,6 +432,10 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
         "rate_distortion": plots.rate_distortion(runs, spec.experiment, factor_label=spec.label, names=names),
         "curves": plots.training_curves(res["history"], runs, spec.experiment, factor_label=spec.label, names=names),
     }
+    paired_frame = differences(runs, spec, where["results"])
+    if not paired_frame.empty:
+        figures["differences"] = plots.paired_differences(paired_frame, factor_label=spec.label, names=names,
+                                                          margin=MARGIN)
     shown = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)].run_id
     if not res["units"].empty and res["units"].run_id.isin(shown).any():
         figures["units"] = plots.unit_information(res["units"], runs, spec.experiment, factor_label=spec.label,
@@ -569,6 +595,9 @@ class PaperContext:
             self._cite(self.runs[self.runs.experiment == experiment])
         return path.read_text()
 
+    def has_figure(self, name: str) -> bool:
+        return (self.where["figures"] / f"{name}.png").is_file()
+
     def figure(self, name: str, caption: str) -> str:
         path = self.where["figures"] / f"{name}.png"
         if not path.is_file():
@@ -600,7 +629,7 @@ class PaperContext:
             return mi_text(rows, split, digits)
         if name == "au":
             return count_text(rows[metric])
-        return over_seeds(rows[metric]).format(digits)
+        return over_seeds(rows[metric], bounds(metric)).format(digits)
 
     def has_value(self, experiment: str, metric: str, setting=None) -> bool:
         """Whether value() has a number here, e.g. a test-split metric only some runs were evaluated on."""
@@ -856,10 +885,10 @@ class PaperContext:
 
     def functions(self) -> dict:
         """What the template may call, by name."""
-        names = ("table", "figure", "has_table", "value", "has_value", "const", "has_const", "span", "estimable",
-                 "converged", "reached", "settled", "settlings", "max_seeds", "compare", "change", "against_lm", "spec", "mean",
-                 "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count", "seeds", "ablations",
-                 "missing")
+        names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const", "span",
+                 "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "change",
+                 "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
+                 "seeds", "ablations", "missing")
         return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}
 
 

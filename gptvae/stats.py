@@ -149,9 +149,10 @@ def effective_dof(*terms: tuple[float, float]) -> float:
     return sum(value for value, _ in used) ** 2 / sum(value * value / dof for value, dof in used)
 
 
-def over_seeds(values) -> Interval:
-    """A quantity measured once per run (MI, AU, a probe's accuracy): the mean over seeds and a 95%
-    t interval (n/a, NaN bounds, for one seed)."""
+def over_seeds(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval:
+    """A quantity measured once per run (MI, AU, a probe's accuracy): the mean over seeds and a 95% t
+    interval (n/a, NaN bounds, for one seed), clipped to the values the quantity can take (`bounds`): two
+    seeds' t(1) = 12.7 standard errors can reach past an accuracy of 1 or a KL of 0, which no run can."""
     x = np.asarray([v for v in values if not pd.isna(v)], dtype=np.float64)
     if len(x) == 0:
         return Interval(math.nan, math.nan, math.nan, 0, 0)
@@ -161,7 +162,8 @@ def over_seeds(values) -> Interval:
     from scipy.stats import t
 
     half = float(t.ppf((1 + LEVEL) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return Interval(mean, mean - half, mean + half, len(x), 0)
+    lowest, highest = bounds
+    return Interval(mean, max(mean - half, lowest), min(mean + half, highest), len(x), 0)
 
 
 @dataclass(frozen=True)

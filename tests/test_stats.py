@@ -233,6 +233,18 @@ def test_a_run_that_stopped_early_is_compared_by_its_final_model():
     assert str(drift(a, {1: b[0]}, window=3, tolerance=0.01)) == "n/a"
 
 
+def test_an_interval_over_seeds_stays_within_what_the_quantity_can_take():
+    """Two seeds' probe accuracies 0.95 and 0.99: t(1) reaches 1.097, which no accuracy can; the interval is
+    clipped to [0, 1], and so is a KL's at 0. The catalogue knows the bounds on every split."""
+    from gptvae.catalog import bounds
+
+    iv = over_seeds([0.95, 0.99], bounds("test.probe_z_acc_sentiment"))
+    assert iv.estimate == pytest.approx(0.97) and iv.high == 1.0 and iv.low == pytest.approx(0.97 - 0.254, abs=1e-3)
+    assert over_seeds([0.01, 0.2], bounds("valid.kl")).low == 0.0
+    assert over_seeds([0.01, 0.2]).low < 0                       # unbounded: the plain t interval
+    assert bounds("valid_k64_n9611.recon_bleu") == (0.0, 100.0)
+
+
 def test_over_seeds_is_a_t_interval_and_one_seed_has_none():
     iv = over_seeds([1.0, 2.0, 3.0])
     assert iv.estimate == pytest.approx(2.0)
@@ -348,6 +360,29 @@ def test_a_table_reads_the_widest_evaluation_all_its_runs_share():
     assert runs["valid.iw_nll"].iloc[0] == 3.0   # the input is left as it was
     alone = widest_evaluations(runs[runs.run_id == "e"])   # a table of one run reads its widest
     assert list(alone["valid.protocol"]) == ["valid_k64_n300"]
+
+
+def test_the_differences_figure_draws_the_tables_numbers(tmp_path):
+    """The paired-differences figure reads the very intervals and words the likelihood table prints, and a
+    setting the estimator cannot support is not drawn."""
+    from gptvae import plots
+    from gptvae.report import comparison_table, differences
+    from gptvae.sweep import load_spec
+
+    spec = load_spec(__import__("pathlib").Path(__file__).parents[1] / "experiments" / "kl_floor.toml")
+    runs = synthetic_results(tmp_path, {0.0: 0.0, 0.1: 0.05, 1.0: 3.0, None: 0.0})
+    frame = differences(runs, spec, tmp_path)
+    table = comparison_table(runs, spec, tmp_path)
+    for row in frame.itertuples():
+        line = next(line for line in table.splitlines() if line.startswith(f"| {spec.setting(row.value)} "))
+        cell = line.split(" | ")[5 if row.against == "LM baseline" else 4]
+        assert cell == f"{row.estimate:+.3f} [{row.low:.3f}, {row.high:.3f}] {row.word}"
+    assert set(frame.against) == {"LM baseline", "λ = 0"} and len(frame) == 5   # λ = 0 against itself: none
+    assert frame.set_index(["value", "against"]).loc[(1.0, "LM baseline"), "word"] == "costs"
+    plots.save(plots.paired_differences(frame, factor_label=spec.label, margin=0.01), "d", tmp_path)
+    assert (tmp_path / "d.png").stat().st_size > 10_000
+    runs.loc[runs.value == 1.0, "valid.iw_ess_median"] = 1.2
+    assert 1.0 not in set(differences(runs, spec, tmp_path).value)
 
 
 def test_the_comparison_table_reads_each_runs_widest_evaluation(tmp_path):
