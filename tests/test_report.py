@@ -57,7 +57,8 @@ def test_export_writes_every_file_with_run_ids(exported):
 def test_tables_and_figures_are_deterministic(exported):
     where, _, _ = exported
     table, pngs = ablation_report("ablation-kl-floor", where=where)
-    assert "| LM baseline | 1 |" in table and "| λ = 0 | 1 |" in table and len(pngs) == 5
+    assert "| LM baseline | 1 |" in table and "| λ = 0 | 1 |" in table and len(pngs) == 6
+    assert "kl-floor_differences.png" in {p.name for p in pngs}   # the paired comparisons, drawn
     assert {p.name for p in where["tables"].iterdir()} >= {"kl-floor_likelihood.md", "kl-floor_use.md",
                                                           "kl-floor_likelihood_test.md", "kl-floor_samples.md"}
     first = {p.name: p.read_bytes() for p in sorted(where["tables"].iterdir())}
