@@ -55,7 +55,7 @@ FILES = ("runs.csv", "history.csv", "units.csv", "posterior_means.csv", "samples
 OPTIONAL = ("ksweep.csv",)   # written by every export; read as empty from exports made before it existed
 SENTENCES = "sentences"   # the folder of per-sentence files
 CURVES = ("train/loss", "train/kl", "train/rec_per_token", "val/neg_elbo", "val/rec", "val/kl", "val/au",
-          "val/nll_bound_per_token", "val/plateau_improvement")   # the curves exported to history.csv
+          "val/nll_bound_per_token", "val/objective_per_token", "val/plateau_improvement")   # the curves exported
 CONFIG_SECTIONS = ("model", "objective", "data", "train", "eval")   # a run's logged config, in runs.csv
 RUN_KEY = ["experiment", "kind", "value", "seed"]   # one row of runs.csv per setting and seed
 FROM_EXPORT = "from_export"   # collect_runs' mark on a row it took from the earlier export (never written)

@@ -83,7 +83,10 @@ def train_step(model, optimizer, scheduler, x: torch.Tensor, cfg: Config, *, bet
 
 @torch.no_grad()
 def validate(model, split: Split, cfg: Config, *, device, autocast: bool) -> dict[str, float]:
-    """Rec, KL, -ELBO (per sequence), the bound per token and AU on the fixed validation subset."""
+    """Rec, KL, -ELBO (per sequence), the bound per token, AU, and what the plateau test reads: the
+    objective the run's KL weight defines, (Rec + beta KL) / tokens without its floor, on the fixed
+    validation subset. At beta = 1 that is the bound itself; at beta < 1 the bound can stall while the
+    run still trades distortion for rate, so a plateau of the bound is not the end of training."""
     was_training = model.training
     model.eval()
     rec = kl = 0.0
@@ -98,12 +101,13 @@ def validate(model, split: Split, cfg: Config, *, device, autocast: bool) -> dic
             rec += float(terms.rec)
             kl += float(terms.kl)
             tokens += terms.tokens
-            means.append(model.posterior(x).mean.float().cpu())   # fp32, outside autocast: AU is a threshold
+            means.append(model.posterior(x).to("cpu", torch.float32))   # fp32, outside autocast: AU is a threshold
     model.train(was_training)
     n = len(split)
     out = {"val/rec": rec / n, "val/kl": kl / n, "val/neg_elbo": (rec + kl) / n,
-           "val/nll_bound_per_token": (rec + kl) / tokens}
-    mean = torch.cat(means)
+           "val/nll_bound_per_token": (rec + kl) / tokens,
+           "val/objective_per_token": (rec + cfg.objective.beta * kl) / tokens}
+    mean = type(means[0]).cat(means).mean   # rows of different lengths line up (a per-token latent)
     if mean.shape[-1] > 0:   # active units need a latent
         out["val/au"] = float(active_units(mean))
     return out
@@ -112,9 +116,10 @@ def validate(model, split: Split, cfg: Config, *, device, autocast: bool) -> dic
 # convergence
 
 def plateau(bounds: list[float], *, patience: int, tolerance: float) -> tuple[bool | None, float]:
-    """(on a plateau, improvement) of a run whose validation bound was `bounds` at its validation points.
+    """(on a plateau, improvement) of a run whose validation objective (`validate`: the bound at beta = 1)
+    was `bounds` at its validation points.
 
-    improvement = best bound before the last `patience` points - best bound among them, in nats per
+    improvement = best value before the last `patience` points - best value among them, in nats per
     token (positive: still learning). The run is on a plateau when improvement < tolerance. With
     patience 0, or fewer than patience + 1 points, nothing is judged: (None, nan).
     """
@@ -156,7 +161,7 @@ class Trained:
 
 def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress: bool = True,
           resume: bool = True, device: str | None = None, stop_after: int | None = None) -> Trained:
-    """Train one model to cfg.train.steps, or to a plateau of the validation bound (train.patience),
+    """Train one model to cfg.train.steps, or to a plateau of its validation objective (train.patience; `validate`),
     checkpointing to run_dir (resuming from it when it exists).
 
     logger: metrics go to it in batches, flushed right before each checkpoint.
@@ -183,7 +188,7 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
 
     ckpt_path = run_dir / CHECKPOINT
     start_step, resumed_from, seconds_before = 0, None, 0.0
-    bounds: list[float] = []   # the validation bound at each validation point: what the plateau is judged on
+    bounds: list[float] = []   # the validation objective at each validation point: what the plateau is judged on
     stopped = False
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
@@ -291,7 +296,7 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
         if done % cfg.train.eval_every == 0 or done == steps:
             val = validate(model, val_subset, cfg, device=device, autocast=use_autocast)
             if done >= settled:   # judged only once beta has its final value
-                bounds.append(val["val/nll_bound_per_token"])
+                bounds.append(val["val/objective_per_token"])
             on_plateau, improvement = plateau(bounds, patience=cfg.train.patience, tolerance=cfg.train.tolerance)
             if on_plateau is not None:
                 val["val/plateau_improvement"] = improvement

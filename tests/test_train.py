@@ -62,6 +62,24 @@ def test_training_stops_on_a_plateau_and_records_it_and_a_resume_trains_no_furth
     assert "train.converged" not in whole.convergence(smoke())   # patience 0: not judged
 
 
+def test_the_plateau_reads_the_objective_the_kl_weight_defines(tmp_path):
+    """At beta < 1 the bound can stall while the run still trades distortion for rate: the plateau test
+    reads (Rec + beta KL) / tokens, the objective without its floor; at beta = 1 that is the bound."""
+    from gptvae.data import VALIDATION_SEED, subset
+    from gptvae.train import validate
+
+    cfg = smoke(**{"objective.beta": 0.1, "objective.free_bits": 0.5, "train.patience": 1, "train.tolerance": 0.0})
+    trained = train(cfg, run_dir=tmp_path, progress=False)
+    split = subset(trained.corpus.splits["valid"], cfg.train.val_sequences, seed=VALIDATION_SEED)
+    val = validate(trained.model, split, cfg, device=trained.device, autocast=trained.autocast)
+    tokens = (val["val/rec"] + val["val/kl"]) * len(split) / val["val/nll_bound_per_token"]
+    assert val["val/objective_per_token"] == pytest.approx((val["val/rec"] + 0.1 * val["val/kl"]) * len(split) / tokens)
+    assert val["val/kl"] > 0 and val["val/objective_per_token"] < val["val/nll_bound_per_token"]
+    assert trained.bounds[-1] == pytest.approx(val["val/objective_per_token"], rel=1e-6)   # what the test judged
+    at_one = validate(trained.model, split, smoke(), device=trained.device, autocast=trained.autocast)
+    assert at_one["val/objective_per_token"] == pytest.approx(at_one["val/nll_bound_per_token"])
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     cfg = smoke()
     whole = train(cfg, run_dir=tmp_path / "whole", progress=False)
