@@ -191,7 +191,8 @@ class Tracker:
 
     def trained_runs(self, experiment: str, *, kind: str | None = None) -> list[str]:
         """The run ids that trained the finished children of an experiment (a linked child gives the run it
-        reuses), oldest first; only those of model family `kind` when given."""
+        reuses), oldest first; only those of model family `kind` when given. A link to a run this store does
+        not hold (one exported by a sweep on another machine) gives nothing: there is no run here to read."""
         exp_id = self.find_experiment(experiment)
         if exp_id is None:
             raise TrackingError(f"experiment {experiment!r} is not in the store {self.uri}")
@@ -202,7 +203,9 @@ class Tracker:
             tags = run.data.tags
             if TAG_HASH not in tags or (kind is not None and tags.get(TAG_KIND) != kind):
                 continue
-            out.append(tags.get(TAG_SAME_AS, run.info.run_id))
+            source = tags.get(TAG_SAME_AS, run.info.run_id)
+            if source == run.info.run_id or source in out or self.find_run(source) is not None:
+                out.append(source)
         return list(dict.fromkeys(out))
 
     def parent_run(self, experiment_id: str, sweep_key: str, *, name: str, tags: dict[str, str]) -> str:

@@ -262,6 +262,10 @@ def test_a_fresh_store_links_runs_another_sweep_exported_instead_of_training_the
     rows = run_sweep(twin, preset_name="smoke", dataset=None, seeds=[0], overrides=FAST, runs_root=tmp_path / "b",
                      tracker=second, progress=False, results=results)
     assert all(r["status"].startswith("linked to") for r in rows) and not (tmp_path / "b").exists()
+    from gptvae.evaluation import spec_evaluations
+
+    assert second.trained_runs(twin.experiment) == []   # its links point at runs machine B never held:
+    assert spec_evaluations(twin, second, preset_name="smoke", overrides=FAST) == []   # nothing to evaluate here
     export_results(results, tracker=second, preset="smoke")
     runs = pd.read_csv(results / "runs.csv")
     floor, mine = runs[runs.experiment == "ablation-floor"], runs[runs.experiment == "ablation-twin"]
