@@ -22,11 +22,12 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from gptvae.errors import ConfigError
-from gptvae.families import FAMILIES, check_family_config
+from gptvae.families import FAMILIES, check_family_config, free_bits_modes
 
 DATASETS = ("synthetic", "yelp", "ptb", "shakespeare")
 SPLITS = ("train", "valid", "test")
-FREE_BITS_MODES = ("per_dim", "batch_dim", "total")
+FREE_BITS_MODES = ("per_dim", "batch_dim", "total", "per_token")
+FREE_BITS_UNITS = ("nats", "bits")
 SCHEDULES = ("constant", "linear", "cyclical", "zero_linear")
 SCALES = ("elbo", "upstream")
 
@@ -68,20 +69,30 @@ class ModelConfig:
     max_seq_len: int = 128       # longest sequence the decoder sees, BOS and EOS included
     rotary_pos_emb: bool = True  # REFERENCE 1.3: a dropped latent must not shift absolute positions
     dropout: float = 0.0         # attention and feed-forward dropout
+    latent_bits: int = 8         # freetransformer: H bits per position, 2^H codes (upstream's default 16; its
+                                 # training script 8, which keeps the (tokens, 2^H) one-hot affordable)
+    head_depth: int | None = None  # freetransformer: decoder blocks before the latent enters (None: depth // 2);
+                                   # the other depth - head_depth follow it
+    per_token_latents: bool = True  # freetransformer: a latent per position (the paper), or one per sequence
 
     def validate(self) -> None:
         require(self.kind in FAMILIES, "model.kind", self.kind, ", ".join(FAMILIES))
         _check_fields("model", self, {name: POSITIVE for name in ("dim", "depth", "heads", "attn_dim_head",
                                                                   "max_seq_len")})
-        _check_fields("model", self, {"dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)")})
+        _check_fields("model", self, {"dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+                                      "latent_bits": (lambda v: 1 <= v <= 16, "an integer in [1, 16]"),
+                                      "head_depth": (lambda v: v is None or 0 <= v < self.depth,
+                                                     f"an integer in [0, model.depth - 1 = {self.depth - 1}], or none")})
         check_family_config(self)   # what only this family needs, e.g. a latent of at least one dimension
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
     beta: float = 1.0               # KL weight (the value a schedule rises to)
-    free_bits: float = 0.0          # floor lambda, nats: per dimension, per batch-dimension or in total
-    free_bits_mode: str = "per_dim"  # per_dim | batch_dim | total (REFERENCE 2)
+    free_bits: float = 0.0          # floor lambda, in free_bits_unit: per dimension, per batch-dimension, in
+                                    # total, or per position (per_token: the Free Transformer's kappa)
+    free_bits_mode: str = "per_dim"  # per_dim | batch_dim | total (REFERENCE 2) | per_token
+    free_bits_unit: str = "nats"    # nats | bits (1 bit = log 2 nats): the unit of free_bits; runs log both
     latent_dropout: float = 0.0     # probability that a whole sequence is decoded without its latent
     scale: str = "elbo"             # elbo | upstream (parity with x-transformers only)
     schedule: str = "constant"      # constant | linear | cyclical | zero_linear
@@ -97,6 +108,7 @@ class ObjectiveConfig:
     def validate(self) -> None:
         _check_fields("objective", self, {
             "free_bits_mode": (lambda v: v in FREE_BITS_MODES, ", ".join(FREE_BITS_MODES)),
+            "free_bits_unit": (lambda v: v in FREE_BITS_UNITS, ", ".join(FREE_BITS_UNITS)),
             "schedule": (lambda v: v in SCHEDULES, ", ".join(SCHEDULES)),
             "scale": (lambda v: v in SCALES, ", ".join(SCALES)),
             "free_bits": (lambda v: v >= 0, "a floor >= 0 nats"),
@@ -109,6 +121,11 @@ class ObjectiveConfig:
             "zero_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
             "ramp_fraction": (lambda v: 0 < v <= 1 - self.zero_fraction, "a fraction in (0, 1 - zero_fraction]"),
         })
+
+    @property
+    def free_bits_nats(self) -> float:
+        """The floor in nats, whichever unit it was given in."""
+        return self.free_bits * (math.log(2) if self.free_bits_unit == "bits" else 1.0)
 
 
 @dataclass(frozen=True)
@@ -194,6 +211,9 @@ class Config:
     def validate(self) -> "Config":
         for section in fields(self):
             getattr(self, section.name).validate()
+        modes = free_bits_modes(self.model.kind)
+        require(self.objective.free_bits_mode in modes, "objective.free_bits_mode", self.objective.free_bits_mode,
+                f"{', '.join(modes)} for model.kind={self.model.kind}")
         return self
 
     def to_dict(self) -> dict:
@@ -386,6 +406,6 @@ def config_hash(cfg: Config) -> str:
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "EvalConfig", "ModelConfig", "ObjectiveConfig", "TrainConfig",
-    "DATASETS", "SPLITS", "FREE_BITS_MODES", "SCHEDULES", "SCALES", "PRESETS",
+    "DATASETS", "SPLITS", "FREE_BITS_MODES", "FREE_BITS_UNITS", "SCHEDULES", "SCALES", "PRESETS",
     "apply_overrides", "config_from_dict", "config_hash", "identity", "parse_overrides", "preset", "require",
 ]

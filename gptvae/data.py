@@ -38,7 +38,7 @@ __all__ = [
     "PAD", "BOS", "EOS", "UNK", "SPECIALS", "DATASETS", "SPLITS", "CHECKSUMS", "SOURCES",
     "DataError", "Vocab", "Split", "Corpus",
     "load_corpus", "load_data", "read_split", "batch_plan", "collate", "subset",
-    "synthetic_sample", "synthetic_exact_nll", "resolve_file", "corpus_params", "describe",
+    "synthetic_sample", "synthetic_exact_nll", "SyntheticReading", "read_synthetic", "resolve_file", "corpus_params", "describe",
 ]
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -594,6 +594,31 @@ def synthetic_exact_nll(text: str) -> float:
         return math.inf
     return (math.log(len(SYN_LETTERS)) + math.log(SYN_POSITIONS) + m * math.log(1 / SYN_NOISE)
             + (SYN_WIDTH - m) * math.log(1 / (1 - SYN_NOISE)) - math.log(c))
+
+
+@dataclass(frozen=True)
+class SyntheticReading:
+    """What a synthetic text says, read the way the task writes it."""
+
+    well_formed: bool                 # a text the task can produce (finite exact likelihood)
+    letter: str | None                # the letter before ">" (None: no "L>" header)
+    positions: frozenset[int]         # the run starts consistent with the text ("!" a wildcard); empty if none
+    noise: frozenset[int]             # the columns of the body that hold "!"
+
+
+def read_synthetic(text: str) -> SyntheticReading:
+    """Parse a (generated) synthetic text: its letter, the target positions it is consistent with, and its
+    "!" columns. Well-formed means the task can produce it: the header, 64 characters of "_", "!" and the
+    letter, and a run of 8 copies of the letter at one position, "!" standing in for any character."""
+    body = text[2:] if len(text) >= 2 and text[1] == ">" else text
+    letter = text[0] if len(text) >= 2 and text[1] == ">" and text[0] in SYN_LETTERS else None
+    noise = frozenset(i for i, ch in enumerate(body) if ch == "!")
+    if letter is None or len(text) != SYN_TEXT_LEN or set(body) - {letter, "_", "!"}:
+        return SyntheticReading(False, letter, frozenset(), noise)
+    pattern = re.compile(body.replace("!", "."))
+    positions = frozenset(p for p in range(SYN_POSITIONS)
+                          if pattern.fullmatch("_" * p + letter * SYN_RUN + "_" * (SYN_WIDTH - SYN_RUN - p)))
+    return SyntheticReading(bool(positions), letter, positions, noise)
 
 
 # summary

@@ -49,6 +49,7 @@ def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, prog
     - probes on mu and on a sampled z, the majority class, and the same probe on the same architecture
       untrained (same seed, no training): what a probe reads from an encoder that learnt nothing;
     - greedy reconstructions from mu and with the latent masked, scored by BLEU against their inputs;
+    - on the synthetic task, what the latent controls in samples (`gptvae.control`), once per run;
     - per sentence: tokens, Rec, KL, -ELBO, IW-NLL, NLL with the latent masked, reconstruction BLEU.
     """
     report = Report({})
@@ -75,6 +76,10 @@ def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, prog
             if untrained and split.labels:
                 untrained_model = untrained_model or initial_model(cfg, corpus, seed=init_seed)
                 metrics.update(untrained_probes(untrained_model, cfg, probe, split, autocast=autocast))
+            if corpus.name == "synthetic" and not any("control_well_formed" in k for k in report.metrics):
+                from gptvae.control import latent_control   # once per run: it samples, it reads no split
+
+                metrics.update(latent_control(model, corpus.vocab, seed=cfg.train.seed))
         report.metrics.update({f"{name}.{k}": v for k, v in metrics.items()})   # counts stay ints
         report.sentences[name] = sentences
         report.units[name] = pd.DataFrame(result.units)
@@ -172,6 +177,8 @@ def posterior_means(model, corpus: Corpus) -> pd.DataFrame:
     without a latent): what the exported 2-D projections are computed from."""
     split = subset(corpus.splits["valid"], POSTERIOR_POINTS, seed=VALIDATION_SEED)
     mean = posteriors(model, split).mean.double().numpy()
+    if np.isnan(mean).any():   # a per-token unit a shorter sequence lacks: its mean over the rows that have it
+        mean = np.where(np.isnan(mean), np.nan_to_num(np.nanmean(mean, axis=0)), mean)
     if mean.shape[1] == 0:
         return pd.DataFrame()
     frame = pd.DataFrame(mean, columns=[f"mean_{u}" for u in range(mean.shape[1])])

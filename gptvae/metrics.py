@@ -228,6 +228,12 @@ def _log_aggregate_posterior(z: Tensor, posterior: Posterior) -> Tensor:
     return torch.cat(out)
 
 
+def _one_length(posterior: Posterior) -> bool:
+    """Whether MI is defined over these rows: always for one latent per sequence; for a latent per token
+    only when every sequence has the same positions (MI compares latents position by position)."""
+    return posterior.present is None or bool(posterior.present.all())
+
+
 @torch.no_grad()
 def mutual_information(posterior: Posterior, generator: torch.Generator | None = None) -> float:
     """MI = mean_i E_q[log q(z|x_i)] - mean_i [logsumexp_j log q(z_i|x_j) - log N], one z_i ~ q(z|x_i).
@@ -291,8 +297,16 @@ def minibatch_mutual_information(posterior: Posterior, batch_size: int,
 # active units (Burda et al. 2015) and perplexity
 
 def posterior_mean_variance(mean: Tensor) -> Tensor:
-    """A_u = Var_x(E_q[z_u|x]) over the rows, unbiased, (U,): `mean` is a posterior's per-unit mean."""
-    return mean.to(_wide(mean.device)).var(dim=0, correction=1)
+    """A_u = Var_x(E_q[z_u|x]) over the rows, unbiased, (U,): `mean` is a posterior's per-unit mean.
+
+    A row without the unit (NaN: a per-token latent past the end of a shorter sequence) is left out of
+    that unit's variance; a unit present in fewer than two rows has variance 0."""
+    mean = mean.to(_wide(mean.device))
+    if not torch.isnan(mean).any():
+        return mean.var(dim=0, correction=1)
+    count = (~torch.isnan(mean)).sum(0)
+    centred = torch.nan_to_num(mean - mean.nanmean(0), nan=0.0)
+    return torch.where(count >= 2, centred.square().sum(0) / (count - 1).clamp(min=1), torch.zeros_like(centred[0]))
 
 
 def active_units(mean: Tensor, threshold: float = 0.01) -> int:
@@ -341,7 +355,11 @@ def _probe_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Te
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    train_x, test_x = train_x.double().numpy(), test_x.double().numpy()
+    train_x, test_x = train_x.double(), test_x.double()
+    if torch.isnan(train_x).any() or torch.isnan(test_x).any():   # a unit a row lacks reads as the unit's mean
+        fill = torch.nan_to_num(train_x.nanmean(0), nan=0.0)
+        train_x, test_x = (torch.where(torch.isnan(x), fill, x) for x in (train_x, test_x))
+    train_x, test_x = train_x.numpy(), test_x.numpy()
     train_y, test_y = train_y.numpy(), test_y.numpy()
     classes = set(train_y.tolist())
     if len(classes) < 2:  # nothing to fit: the only class seen is the prediction
@@ -369,8 +387,8 @@ def latent_probes(model, probe_split, split, *, posterior: Posterior | None = No
     """
     fit = posteriors(model, probe_split, max_tokens=max_tokens, autocast=autocast)
     test = posterior if exists(posterior) else posteriors(model, split, max_tokens=max_tokens, autocast=autocast)
-    fit_z = fit.sample(1, generator=generator)[0]
-    test_z = test.sample(1, generator=generator)[0]
+    fit_z = fit.unit_values(fit.sample(1, generator=generator)[0])
+    test_z = test.unit_values(test.sample(1, generator=generator)[0])
     out = {}
     for name, labels in split.labels.items():
         out[f"probe_acc_{name}"] = _probe_accuracy(fit.mean, probe_split.labels[name], test.mean, labels)
@@ -434,7 +452,9 @@ def evaluate_split(
 
     When the latent has no units (the LM baseline) the likelihood is exact: rec = rec_other = iw_nll = lm_nll,
     kl = 0, nothing is sampled (iw_samples and mc_samples report the settings asked for, so that rows
-    line up; mi_samples is 0), and the mi / au / probe keys, which need a latent, are absent.
+    line up; mi_samples is 0), and the mi / au / probe keys, which need a latent, are absent. A latent per
+    token (the Free Transformer) on sequences of different lengths has no MI (it compares latents position
+    by position): the mi keys are absent, and so is the per-unit MI.
     """
     from gptvae.data import PAD, batch_plan, collate
 
@@ -516,14 +536,16 @@ def evaluate_split(
     if exists(mi_samples) and mi_samples < len(rows):   # MI is O(N^2): a seeded subset when asked
         rows = torch.randperm(len(rows), generator=generator)[:mi_samples]
     mi_posterior = mi_posterior[rows]
-    out["mi_samples"] = len(rows)
-    out["mi"], noise = mutual_information_repeated(mi_posterior, mi_repeats, generator=generator)
-    if not math.isnan(noise):
-        out["mi_noise"] = noise
-    out["mi_ceiling"] = math.log(len(rows))
+    if _one_length(mi_posterior):   # else MI is not defined here (absent keys print as n/a)
+        out["mi_samples"] = len(rows)
+        out["mi"], noise = mutual_information_repeated(mi_posterior, mi_repeats, generator=generator)
+        if not math.isnan(noise):
+            out["mi_noise"] = noise
+        out["mi_ceiling"] = math.log(len(rows))
     out["au"] = active_units(posterior.mean)
     units = {"unit": np.arange(posterior.units),
-             "mi": unit_mutual_information(posterior, generator=generator).numpy(),   # the rows of `split`
+             "mi": (unit_mutual_information(posterior, generator=generator).numpy() if _one_length(posterior)
+                    else np.full(posterior.units, np.nan)),   # the rows of `split`
              "mean_variance": posterior_mean_variance(posterior.mean).cpu().numpy(),
              "kl": posterior.to(torch.float64).kl().flatten(1).mean(0).numpy()}
 

@@ -4,9 +4,13 @@ REFERENCE section 2. At scale "elbo" (the default) the loss over a batch B is
 
     ( sum_x -log p(x|z_x) + beta * sum_x FB(KL(x)) ) / sum_x n(x)          nats per predicted token,
 
-which is exactly -ELBO / tokens at beta = 1 and floor = 0. Scale "upstream" reproduces x-transformers'
-GPTVAE loss (token-mean CE + beta * batch-mean of sum_d relu(KL_d - floor)), whose effective KL weight
-is beta * tokens-per-sequence; it exists for parity checks.
+which is exactly -ELBO / tokens at beta = 1 and floor = 0, for one z per sequence (GPTVAE: KL(x) sums over
+the D dimensions) and for a latent per token (the Free Transformer: KL(x) sums over positions and bits, and
+the per_token floor is sum_t max(KL_t(x), kappa) over the positions t that carry a latent). The floor is
+given in nats or in bits (objective.free_bits_unit). Scale "upstream" reproduces x-transformers' losses:
+GPTVAE's token-mean CE + beta * batch-mean of sum_d relu(KL_d - floor), whose effective KL weight is beta *
+tokens-per-sequence, and FreeTransformer's token-mean CE + beta * mean over all positions of
+relu(KL_t - kappa); it exists for parity checks.
 """
 
 from __future__ import annotations
@@ -63,18 +67,26 @@ def beta_settled(config: ObjectiveConfig, total_steps: int) -> int:
     return 0
 
 
-def free_bits_kl(kl: Tensor, *, floor: float, mode: str) -> Tensor:
-    """sum_{x in B} FB(KL(x)): the floored KL that drives gradients (REFERENCE 2). kl is (B, units).
+def free_bits_kl(kl: Tensor, *, floor: float, mode: str, present: Tensor | None = None) -> Tensor:
+    """sum_{x in B} FB(KL(x)): the floored KL that drives gradients (REFERENCE 2). kl is the posterior's
+    (B, *units): (B, D) for one z per sequence, (B, T, H) for H bits at each of T positions.
 
     max(KL, floor) is written floor + relu(KL - floor) so that the gradient is upstream's exactly,
-    also at KL == floor (where clamp would pass it through).
+    also at KL == floor (where clamp would pass it through). per_token floors the KL of each position
+    (summed over its bits) that carries a latent, `present` (B, T): the Free Transformer's kappa.
     """
     def floored(t: Tensor) -> Tensor:
         return floor + F.relu(t - floor)
 
     batch = kl.shape[0]
-    if kl.shape[-1] == 0:     # no latent units: there is no KL to floor
+    if kl[0].numel() == 0:    # no latent units: there is no KL to floor
         return kl.sum()
+    if mode == "per_token":   # sum_t max(KL_t(x), kappa) over the positions that carry a latent
+        if kl.ndim != 3:
+            raise ValueError(f"free_bits_mode='per_token' needs a latent per position, (B, T, bits); got {tuple(kl.shape)}")
+        token = kl.sum(-1)
+        return (floored(token) * (present if present is not None else 1)).sum()
+    kl = kl.flatten(1)
     if mode == "per_dim":     # sum_d max(KL_d(x), lambda), per sequence
         return floored(kl).sum()
     if mode == "batch_dim":   # sum_d max(mean_x KL_d(x), lambda), charged once per sequence
@@ -85,10 +97,14 @@ def free_bits_kl(kl: Tensor, *, floor: float, mode: str) -> Tensor:
 
 
 def upstream_kl_term(kl: Tensor, *, floor: float, mode: str) -> Tensor:
-    """x-transformers' hinge form, batch mean of relu(KL - floor): same gradients as free_bits_kl."""
+    """x-transformers' hinge form, batch mean of relu(KL - floor): same gradients as free_bits_kl. per_token
+    is the Free Transformer's: the mean of relu(KL_t - kappa) over every position of the batch."""
     batch = kl.shape[0]
-    if kl.shape[-1] == 0:
+    if kl[0].numel() == 0:
         return kl.sum()
+    if mode == "per_token":
+        return F.relu(kl.sum(-1) - floor).mean()
+    kl = kl.flatten(1)
     if mode == "per_dim":
         return F.relu(kl - floor).sum(dim=-1).mean()
     if mode == "batch_dim":
@@ -137,12 +153,13 @@ def objective(model, tokens: Tensor, config: ObjectiveConfig, *, beta: float | N
         drop = latent_dropout_mask(batch, config.latent_dropout, tokens.device)
 
     rec = -model.log_likelihood(tokens, z, drop_latent=drop).sum()
-    kl = posterior.kl().flatten(1)                            # (B, units)
-    kl_floored = free_bits_kl(kl, floor=config.free_bits, mode=config.free_bits_mode)
+    kl = posterior.kl()                                       # (B, *units)
+    floor = config.free_bits_nats
+    kl_floored = free_bits_kl(kl, floor=floor, mode=config.free_bits_mode, present=posterior.present)
 
     if config.scale == "elbo":
         loss = (rec + beta * kl_floored) / n_tokens
     else:
-        loss = rec / n_tokens + beta * upstream_kl_term(kl, floor=config.free_bits, mode=config.free_bits_mode)
+        loss = rec / n_tokens + beta * upstream_kl_term(kl, floor=floor, mode=config.free_bits_mode)
 
     return Terms(loss, rec.detach(), kl.sum().detach(), kl_floored.detach(), n_tokens, batch, beta)

@@ -112,6 +112,7 @@ class RunLogger:
         from gptvae.families import num_parameters
 
         self.tracker.log_params(self.run_id, {**self.cfg.flat(), "model.num_parameters": num_parameters(model),
+                                              "objective.free_bits_nats": self.cfg.objective.free_bits_nats,
                                               "data.vocab_size": len(corpus.vocab),
                                               **corpus_params(corpus, batch_tokens=self.cfg.train.batch_tokens)})
         self.tracker.set_tags(self.run_id, {TAG_GIT: git_commit(), TAG_DEVICE: device.type, TAG_AUTOCAST: autocast,

@@ -106,7 +106,7 @@ def test_latent_dropout_rate_and_upstream_rng_use():
 
 @pytest.mark.parametrize("change,message", [
     (dict(free_bits=-0.1), "free_bits=-0.1"),
-    (dict(free_bits_mode="per_token"), "allowed: per_dim, batch_dim, total"),
+    (dict(free_bits_mode="per_word"), "allowed: per_dim, batch_dim, total, per_token"),
     (dict(schedule="sigmoid"), "allowed: constant, linear, cyclical, zero_linear"),
     (dict(latent_dropout=1.0), "latent_dropout=1.0"),
     (dict(scale="mean"), "allowed: elbo, upstream"),

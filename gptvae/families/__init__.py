@@ -11,6 +11,8 @@ A family module defines
     model.generate(prompts, ...)         continuations; z=, reference= or prior=True choose the latent
     model.examples(reference, ...)       what is worth reading of this family, as gptvae.latents-free Examples
 
+and optionally FREE_BITS_MODES, the objective's floors that make sense for its latent (default: all).
+
 Sequences are `BOS w_1 ... w_n EOS`, right-padded with PAD; the predicted tokens are the words and EOS.
 This file imports no torch: the config reads the registry, and a family is imported only when used.
 """
@@ -22,6 +24,7 @@ import importlib
 FAMILIES = {
     "vae": "gptvae.families.gptvae",   # x-transformers' GPTVAE: a Gaussian z prepended as one token
     "lm": "gptvae.families.lm",        # the same decoder with no latent: every sweep's baseline row
+    "freetransformer": "gptvae.families.freetransformer",   # Fleuret 2025: H bits per token, mid-decoder
 }
 BASELINE = "lm"                        # the family of a sweep's baseline row
 
@@ -35,6 +38,13 @@ def check_family_config(config) -> None:
     family(config.kind).check(config)
 
 
+def free_bits_modes(kind: str) -> tuple[str, ...]:
+    """The free-bits modes family `kind` accepts."""
+    from gptvae.config import FREE_BITS_MODES
+
+    return tuple(getattr(family(kind), "FREE_BITS_MODES", FREE_BITS_MODES))
+
+
 def build_model(config, *, num_tokens: int):
     config.validate()
     return family(config.kind).Model(config, num_tokens=num_tokens)
@@ -44,4 +54,4 @@ def num_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["BASELINE", "FAMILIES", "build_model", "check_family_config", "family", "num_parameters"]
+__all__ = ["BASELINE", "FAMILIES", "build_model", "check_family_config", "family", "free_bits_modes", "num_parameters"]

@@ -18,6 +18,9 @@ from gptvae.families.common import Example, exists, keep_logits, layer_kwargs
 from gptvae.latents import DiagonalGaussian, StandardNormal
 
 
+FREE_BITS_MODES = ("per_dim", "batch_dim", "total")   # one z per sequence: no per-token floor
+
+
 def check(config: ModelConfig) -> None:
     if config.dim_latent < 1:
         raise ConfigError(f"model.dim_latent={config.dim_latent} is invalid for a VAE: the latent needs at least "
