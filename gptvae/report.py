@@ -58,12 +58,22 @@ PER_TOKEN = {"iw_nll": True, "lm_nll": True, "neg_elbo": True, "rec": True, "dec
              "kl": False}
 
 
+def _is_setting(settings: pd.Series, value) -> pd.Series:
+    """Which rows' logged setting is `value`: numbers as numbers ("0", "0.0" and 0.0 are one setting: a row
+    linked from an earlier export reads its number back from CSV), names as text."""
+    try:
+        target = float(value)
+    except (TypeError, ValueError):
+        return settings.astype(str) == str(value)
+    return pd.to_numeric(settings, errors="coerce") == target
+
+
 def _setting_rows(runs: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, object, pd.DataFrame]]:
     """(label, value, runs of that setting) for every setting of a spec in grid order, the LM last."""
     mine = runs[runs.experiment == spec.experiment]
     out = []
     for value in spec.values:
-        rows = mine[(mine.kind != BASELINE) & (mine.setting.astype(str) == str(value))]
+        rows = mine[(mine.kind != BASELINE) & _is_setting(mine.setting, value)]
         if not rows.empty:
             out.append((spec.setting(value), value, rows))
     lm = mine[mine.kind == BASELINE]
@@ -613,7 +623,7 @@ class PaperContext:
             return runs[runs.kind == BASELINE]
         if setting == "reference":
             setting = self.specs[experiment].reference_value
-        return runs[(runs.kind != BASELINE) & (runs.setting.astype(str) == str(setting))]
+        return runs[(runs.kind != BASELINE) & _is_setting(runs.setting, setting)]
 
     def value(self, experiment: str, metric: str, setting=None, *, digits: int = 2) -> str:
         """A metric at one setting (None: the LM baseline): the mean over seeds with its 95% t interval,

@@ -35,6 +35,19 @@ def exported(tmp_path_factory):
     return where, counts, tracker
 
 
+def test_a_setting_read_back_from_csv_as_an_integer_is_still_its_setting():
+    """latent-dropout's p = 0 rows are kl-floor runs linked from an earlier export, whose factor column CSV
+    gave back as 0: they are the p = 0.0 row of the table, not missing from it."""
+    import pandas as pd
+
+    from gptvae.report import _is_setting
+
+    settings = pd.Series(["0", "0.0", "0.5", "cyclical", ""])
+    assert _is_setting(settings, 0.0).tolist() == [True, True, False, False, False]
+    assert _is_setting(settings, 0.5).tolist() == [False, False, True, False, False]
+    assert _is_setting(settings, "cyclical").tolist() == [False, False, False, True, False]
+
+
 @pytest.mark.corpus
 def test_export_writes_every_file_with_run_ids(exported):
     where, counts, tracker = exported
