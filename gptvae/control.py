@@ -53,8 +53,9 @@ def chance_rates() -> dict[str, float]:
 
 @torch.no_grad()
 def latent_control(model, vocab, *, groups: int = 64, per_group: int = 4, seed: int = 0) -> dict[str, float]:
-    """control_<measure>_{shared,independent,chance}, control_well_formed, control_pairs: see the module.
-    `groups` draws of Z with `per_group` samples each, and groups * per_group samples with a Z each."""
+    """control_<measure>_{shared,independent,chance}, control_well_formed, control_pairs_*: see the module.
+    `groups` draws of Z with `per_group` samples each, and groups * per_group samples with a Z each. A rate
+    with no pair of well-formed samples behind it is left out (it prints as n/a), never logged as NaN."""
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
     prompts = torch.full((per_group, 1), BOS, dtype=torch.long, device=device)
@@ -73,9 +74,11 @@ def latent_control(model, vocab, *, groups: int = 64, per_group: int = 4, seed: 
     out = {}
     rates, pairs = pair_rates(shared)
     other, other_pairs = pair_rates(independent)
-    for name, value in chance_rates().items():
-        out[f"control_{name}_shared"] = rates[name]
-        out[f"control_{name}_independent"] = other[name]
+    for name, value in chance_rates().items():   # a rate over no pair of well-formed samples is absent (n/a)
+        if pairs:
+            out[f"control_{name}_shared"] = rates[name]
+        if other_pairs:
+            out[f"control_{name}_independent"] = other[name]
         out[f"control_{name}_chance"] = value
     every = [r for group in shared + independent for r in group]
     out["control_well_formed"] = float(np.mean([r.well_formed for r in every]))

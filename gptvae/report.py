@@ -199,8 +199,8 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
             f"whose importance weights have a median "
             f"effective sample size below {ESS_FLOOR:g} is not an estimate and prints as n/a; *ESS < {ESS_FLOOR:g}* is the "
             f"share of sentences whose weights are that degenerate (mean over seeds), where the estimate rests on "
-            f"one or two samples. *Converged*: runs whose "
-            f"validation bound moved by less than the preset's tolerance over its last evaluations. *Differences "
+            f"one or two samples. *Converged*: runs whose validation objective (the bound at β = 1, (Rec + β KL)/tokens "
+            f"below it) moved by less than the preset's tolerance over its last evaluations. *Differences "
             f"settled*: whether the difference of the validation bounds against {reference} and the LM (paired per "
             f"seed, then the mean over seeds) moved by less than that tolerance over the same last evaluations, "
             f"by its least-squares trend (the larger move, nats/token, in brackets): a comparison can settle while "
@@ -880,6 +880,17 @@ class PaperContext:
         """Every spec with no exported run: the paper names them and the command that trains them."""
         return [spec for spec in sorted(self.specs.values(), key=lambda s: s.name) if not self.has(spec.experiment)]
 
+    def partial(self) -> list[tuple[SweepSpec, list[str]]]:
+        """Every spec with exported runs whose grid still has settings without any: the spec, and those
+        settings. Its tables show what was trained; the paper names what was not."""
+        out = []
+        for spec in self.ablations():
+            runs = self.runs[(self.runs.experiment == spec.experiment) & (self.runs.kind != BASELINE)]
+            lacking = [spec.setting(v) for v in spec.values if not _is_setting(runs.setting, v).any()]
+            if lacking:
+                out.append((spec, lacking))
+        return out
+
     def appendix(self) -> str:
         lines = []
         for experiment in sorted(self.cited):
@@ -898,7 +909,7 @@ class PaperContext:
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const", "span",
                  "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
-                 "seeds", "ablations", "missing")
+                 "seeds", "ablations", "missing", "partial")
         return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}
 
 

@@ -62,6 +62,21 @@ FROM_EXPORT = "from_export"   # collect_runs' mark on a row it took from the ear
 POSTERIOR_POINTS = 500
 
 
+def _as_logged(factor: str, value) -> str:
+    """A config value as a run logs it (the text of its field's type): a float field's 0, read back from a
+    CSV column of integers, is "0.0", the setting a run trained here would carry."""
+    import typing
+
+    from gptvae.config import Config
+
+    section, _, name = factor.partition(".")
+    hint = typing.get_type_hints(type(getattr(Config(), section, None))).get(name) if hasattr(Config(), section) else None
+    try:
+        return str(float(value)) if hint is float else str(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | None = None,
                  exported: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per FINISHED child run of every ablation-* experiment (optionally one preset/dataset).
@@ -95,7 +110,7 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
                     lost.append(f"{run.info.run_id} -> {tags[TAG_SAME_AS]}")
                     continue
                 row = known.iloc[0].to_dict()
-                setting = "" if kind == BASELINE else str(row[factor])
+                setting = "" if kind == BASELINE else _as_logged(factor, row[factor])
                 rows.append({**row, "started": run.info.start_time, "experiment": exp.name, "factor": factor,
                              "value": np.nan if kind == BASELINE else _value(setting, ptags.get(TAG_VALUES)),
                              "setting": setting, "parent_run_id": parent.info.run_id, FROM_EXPORT: True})

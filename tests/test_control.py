@@ -90,5 +90,8 @@ def test_a_real_free_transformer_goes_through():
     model = Model(ModelConfig(kind="freetransformer", dim=16, depth=2, enc_depth=1, heads=1, attn_dim_head=16,
                               latent_bits=2), num_tokens=len(vocab))
     out = latent_control(model, vocab, groups=2, per_group=2, seed=0)
-    assert set(out) >= {"control_well_formed", "control_position_shared", "control_noise_chance"}
+    assert set(out) >= {"control_well_formed", "control_pairs_shared", "control_noise_chance"}
     assert 0.0 <= out["control_well_formed"] <= 1.0
+    assert all(v == v for v in out.values())   # no NaN: a rate over no well-formed pair is absent
+    if out["control_pairs_shared"] == 0:
+        assert "control_position_shared" not in out

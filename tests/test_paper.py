@@ -198,3 +198,17 @@ def test_a_snapshot_says_whether_its_comparisons_had_settled(tmp_path):
     table = text.split("## Free-bits floor λ", 1)[1].split("\n\n", 2)[1]
     rows = {line.split(" | ")[0]: line.split(" | ") for line in table.splitlines()}
     assert rows["| λ = 1"][-1] == "no (0.060) |" and rows["| λ = 0.25"][-1] == "yes (0.000) |"
+
+
+def test_a_setting_not_trained_yet_is_named_not_silently_dropped(tmp_path):
+    """A study trained in pieces: kl-floor without its λ = 0.05 runs. Its table leaves the row out, and the
+    paper names the setting and the command that trains only it."""
+    where = synthetic_study(tmp_path, floor_effect=3.0, use=2.0, only="kl_floor")
+    runs = pd.read_csv(where["results"] / "runs.csv", dtype={"setting": str})
+    runs = runs[~((runs.kind == "vae") & (runs.setting == "0.05"))]
+    runs.to_csv(where["results"] / "runs.csv", index=False)
+    text = build(where)
+    assert "| λ = 0.05 |" not in text and "| λ = 0.1 |" in text
+    untrained = text.split("## Not yet trained at this preset", 1)[1].split("## Appendix", 1)[0]
+    assert "- `ablation-kl-floor`: λ = 0.05 (`make ablation-kl-floor SEEDS=\"0 1 2\"` trains only what is" in untrained
+    assert "λ = 0.1" not in untrained and "λ = 1" not in untrained

@@ -193,14 +193,17 @@ def test_export_reads_logged_artifacts_not_checkpoints(exported, tmp_path):
 
 
 @pytest.mark.corpus
-def test_a_specs_evaluations_pick_the_runs_it_names(exported):
-    """kl_floor.toml asks for every run on all validation sentences at its own K and on test, K sweeps of
-    seed 0 at every λ and the LM, and an fp32 check at λ = 0.1 with the run's own validation protocol."""
+def test_a_specs_evaluations_pick_the_runs_it_names(exported, tmp_path):
+    """kl_floor.toml asks for every run on test, K sweeps of seed 0 at every λ and the LM, and an fp32 check
+    at λ = 0.1 with the run's own validation protocol; with whole_valid = true added, also every run on all
+    validation sentences at its own K."""
     from gptvae.evaluation import spec_evaluations
 
     where, _, tracker = exported
     runs = load_results(where["results"])["runs"]
-    spec = load_spec(ROOT / "experiments" / "kl_floor.toml")
+    shipped = (ROOT / "experiments" / "kl_floor.toml").read_text()
+    (tmp_path / "kl_floor.toml").write_text(shipped.replace("[evaluations]\n", "[evaluations]\nwhole_valid = true\n"))
+    spec = load_spec(tmp_path / "kl_floor.toml")
     assert spec_evaluations(spec, tracker, preset_name="cpu") == []   # the store's runs are smoke runs
     items = spec_evaluations(spec, tracker, preset_name="smoke", dataset=None, overrides=FAST)
     by_kind = {kind: {i["run_id"] for i in items if i["kind"] == kind}
