@@ -70,7 +70,8 @@ def _as_logged(factor: str, value) -> str:
     from gptvae.config import Config
 
     section, _, name = factor.partition(".")
-    hint = typing.get_type_hints(type(getattr(Config(), section, None))).get(name) if hasattr(Config(), section) else None
+    fields = getattr(Config(), section, None)
+    hint = typing.get_type_hints(type(fields)).get(name) if fields is not None else None
     try:
         return str(float(value)) if hint is float else str(value)
     except (TypeError, ValueError):
