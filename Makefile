@@ -11,7 +11,7 @@ TORCH_SPEC   ?= torch==2.13.0
 STAMP        := $(VENV)/.installed
 
 PRESET       ?= cpu
-DATASET      ?= yelp
+DATASET      ?=
 SEEDS        ?= 0
 JOBS         ?= 1
 EXECUTOR     ?=
@@ -31,7 +31,7 @@ FIGURES      ?= paper/figures/$(PRESET)
 TABLES       ?= paper/tables/$(PRESET)
 NOTEBOOKS    ?= analysis/executed/$(PRESET)
 
-SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) --dataset $(DATASET) --seeds "$(SEEDS)" --jobs $(JOBS) \
+SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) $(if $(DATASET),--dataset $(DATASET)) --seeds "$(SEEDS)" --jobs $(JOBS) \
         --results $(RESULTS) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(foreach item,$(SET),--set $(item)) \
         $(if $(PLAN),--plan)
 
@@ -58,7 +58,7 @@ bench: $(STAMP)  ## benchmarks: print speed ratios (not tests)
 	$(PY) -m gptvae bench
 
 data: $(STAMP)  ## describe a dataset: splits, vocabulary, token counts (DATASET=...)
-	$(PY) -m gptvae data $(DATASET)
+	$(PY) -m gptvae data $(or $(DATASET),yelp)
 
 ablation-%: $(STAMP)  ## sweep experiments/<name>.toml (PRESET DATASET SEEDS JOBS EXECUTOR SET="k=v ..." PLAN=1)
 	$(SWEEP) $(EXPERIMENTS)/$(subst -,_,$*).toml
@@ -69,7 +69,7 @@ mlflow-ui: $(STAMP)  ## serve the MLflow UI for the store (MLFLOW_TRACKING_URI, 
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $${PORT:-5000}
 
 evaluations: $(STAMP)  ## on the machine that trained the runs: what the specs' [evaluations] ask (all of valid, test, K sweeps, fp32)
-	$(PY) -m gptvae evaluate --specs $(EXPERIMENTS) --preset $(PRESET) --dataset $(DATASET) $(foreach item,$(SET),--set $(item))
+	$(PY) -m gptvae evaluate --specs $(EXPERIMENTS) --preset $(PRESET) $(if $(DATASET),--dataset $(DATASET)) $(foreach item,$(SET),--set $(item))
 
 results: $(STAMP)  ## export finished sweeps of PRESET from MLflow into paper/results/<preset>
 	$(PY) -m gptvae results --out $(RESULTS) --preset $(PRESET)

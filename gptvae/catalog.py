@@ -59,6 +59,19 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("valid.recon_bleu", "BLEU (z = μ)", digits=1, latent_only=True,
            axis_label="greedy reconstruction BLEU (z = μ)", bounds=PERCENT),
     Metric("valid.recon_bleu_masked", "BLEU (z masked)", digits=1, bounds=PERCENT),
+    # the synthetic task (Fleuret 2025): its exact likelihood, and what the latent controls in samples
+    Metric("valid.exact_nll", "exact NLL", "nats/sequence", bounds=(0.0, math.inf)),
+    Metric("valid.exact_nll_per_token", "exact NLL", "nats/token", bounds=(0.0, math.inf)),
+    Metric("valid.probe_z_acc_position", "position probe on z", latent_only=True,
+           axis_label="position probe on sampled z (accuracy)", bounds=ACCURACY),
+    Metric("valid.probe_majority_position", "majority position", latent_only=True, bounds=ACCURACY),
+    Metric("valid.probe_z_acc_letter", "letter probe on z", latent_only=True,
+           axis_label="letter probe on sampled z (accuracy)", bounds=ACCURACY),
+    Metric("valid.probe_majority_letter", "majority letter", latent_only=True, bounds=ACCURACY),
+    Metric("valid.control_well_formed", "well-formed samples", latent_only=True, bounds=ACCURACY),
+    *(Metric(f"valid.control_{measure}_{pairs}", f"{measure} agreement, {words}", latent_only=True, bounds=ACCURACY)
+      for measure in ("position", "letter", "noise")
+      for pairs, words in (("shared", "shared Z"), ("independent", "independent Z"), ("chance", "chance"))),
     # curves (history.csv): logged during training on the fixed validation subset, or on training batches
     Metric("val/neg_elbo", "-ELBO", "nats/sequence"),
     Metric("val/rec", "Rec", "nats/sequence"),
@@ -72,7 +85,10 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
 
 # the panels of an ablation's metrics figure (per token where a metric has both)
 FIGURE = ("valid.iw_nll_per_token", "valid.nll_bound_per_token", "valid.lm_nll_per_token", "valid.kl", "valid.mi",
-          "valid.au", "valid.probe_z_acc_sentiment", "valid.recon_bleu")
+          "valid.au", "valid.probe_z_acc_sentiment", "valid.recon_bleu",
+          # the synthetic task only (a panel whose metric no run logged is left out)
+          "valid.probe_z_acc_position", "valid.control_position_shared", "valid.control_noise_shared",
+          "valid.control_well_formed")
 
 # an IW-NLL whose importance weights have a median effective sample size below this is not an estimate of
 # the likelihood (one sample carries the average): it is printed and drawn as n/a, never as a number

@@ -188,11 +188,14 @@ class EvalConfig:
     num_samples: int = 8             # decoded samples and reconstructions saved as artifacts
     mi_sequences: int | None = None  # MI over a fixed random subset of the split; None = the whole split
     probe_sequences: int = 5_000     # training sequences the linear probes are fit on
+    control_groups: int = 64         # synthetic task: draws of Z (4 samples each, and as many with a Z each)
+                                     # behind the rates of what the latent controls (gptvae.control)
 
     def validate(self) -> None:
         _check_fields("eval", self, {
             "iw_samples": POSITIVE, "mc_samples": POSITIVE, "batch_tokens": POSITIVE, "num_samples": POSITIVE,
             "probe_sequences": (lambda v: v >= 2, "an integer >= 2 (a probe is fit on both classes)"),
+            "control_groups": POSITIVE,
             "max_sequences": (lambda v: v is None or v >= 2, "an integer >= 2 (MI and AU need two), or none"),
             "mi_sequences": (lambda v: v is None or v >= 2, "an integer >= 2 (MI compares sequences), or none"),
             "splits": (lambda v: bool(v) and set(v) <= set(SPLITS) and len(set(v)) == len(v),
@@ -233,7 +236,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "train.steps": 30, "train.batch_tokens": 1_024, "train.warmup_steps": 5, "train.log_every": 5,
         "train.eval_every": 10, "train.val_sequences": 128, "train.autocast": False,
         "eval.iw_samples": 8, "eval.max_sequences": 64, "eval.batch_tokens": 2_048, "eval.num_samples": 4,
-        "eval.mi_sequences": 256, "eval.probe_sequences": 256, "data.synthetic_train": 2_000, "data.synthetic_eval": 200,
+        "eval.mi_sequences": 256, "eval.probe_sequences": 256, "eval.control_groups": 4, "data.synthetic_train": 2_000, "data.synthetic_eval": 200,
     },
     # cpu: 2,000 steps (4.5 epochs of yelp), or fewer once the bound has moved by less than 0.01 nats/token
     # over 3 validation points (300 steps). The budget was measured: an LM with cosine over 3,000 steps

@@ -18,6 +18,7 @@ one Gaussian draw, a Free Transformer's a uniform code at every position.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -44,6 +45,7 @@ def pair_rates(groups: list[list[SyntheticReading]]) -> tuple[dict[str, float], 
     return {name: float(np.mean(v)) if v else float("nan") for name, v in scores.items()}, pairs
 
 
+@functools.cache
 def chance_rates() -> dict[str, float]:
     """The rates between independent texts of the task: what no latent at all gives."""
     texts, _, _ = synthetic_sample(CHANCE_TEXTS, seed=CHANCE_SEED)

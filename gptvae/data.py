@@ -16,7 +16,6 @@ import hashlib
 import http.client
 import math
 import os
-import re
 import tempfile
 import urllib.request
 from collections import Counter, defaultdict
@@ -587,9 +586,7 @@ def synthetic_exact_nll(text: str) -> float:
         return math.inf
     m = body.count("!")
     # c(x): positions whose clean string agrees with every non-noised character ("!" is a wildcard)
-    pattern = re.compile(body.replace("!", "."))
-    clean = ("_" * p + letter * SYN_RUN + "_" * (SYN_WIDTH - SYN_RUN - p) for p in range(SYN_POSITIONS))
-    c = sum(pattern.fullmatch(s) is not None for s in clean)
+    c = len(_consistent_starts(body, letter))
     if c == 0:
         return math.inf
     return (math.log(len(SYN_LETTERS)) + math.log(SYN_POSITIONS) + m * math.log(1 / SYN_NOISE)
@@ -615,10 +612,20 @@ def read_synthetic(text: str) -> SyntheticReading:
     noise = frozenset(i for i, ch in enumerate(body) if ch == "!")
     if letter is None or len(text) != SYN_TEXT_LEN or set(body) - {letter, "_", "!"}:
         return SyntheticReading(False, letter, frozenset(), noise)
-    pattern = re.compile(body.replace("!", "."))
-    positions = frozenset(p for p in range(SYN_POSITIONS)
-                          if pattern.fullmatch("_" * p + letter * SYN_RUN + "_" * (SYN_WIDTH - SYN_RUN - p)))
+    positions = _consistent_starts(body, letter)
     return SyntheticReading(bool(positions), letter, positions, noise)
+
+
+def _consistent_starts(body: str, letter: str) -> frozenset[int]:
+    """The run starts p whose clean body ("_" * p, the letter 8 times, "_" after) agrees with `body` at every
+    column that is not "!": the run covers every visible letter and no visible "_"."""
+    shown = [i for i, ch in enumerate(body) if ch == letter]
+    blanks = [0]   # blanks[j]: visible "_" among the first j columns
+    for ch in body:
+        blanks.append(blanks[-1] + (ch == "_"))
+    first = max(0, shown[-1] - SYN_RUN + 1) if shown else 0
+    last = min(SYN_POSITIONS - 1, shown[0]) if shown else SYN_POSITIONS - 1
+    return frozenset(p for p in range(first, last + 1) if blanks[p + SYN_RUN] == blanks[p])
 
 
 # summary

@@ -14,7 +14,7 @@ import torch
 
 from gptvae.config import Config, apply_overrides, config_from_dict, require
 from gptvae.data import (BOS, EOS, VALIDATION_SEED, Corpus, Split, collate, corpus_params, load_data, subset,
-                         subset_index)
+                         subset_index, synthetic_exact_nll)
 from gptvae.device import autocast_context, bf16_is_fast, model_device, pick_device
 from gptvae.families import build_model
 from gptvae.files import CHECKPOINT, atomic_write_csv, load_checkpoint
@@ -50,7 +50,8 @@ def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, prog
       untrained (same seed, no training): what a probe reads from an encoder that learnt nothing;
     - greedy reconstructions from mu and with the latent masked, scored by BLEU against their inputs;
     - on the synthetic task, what the latent controls in samples (`gptvae.control`), once per run;
-    - per sentence: tokens, Rec, KL, -ELBO, IW-NLL, NLL with the latent masked, reconstruction BLEU.
+    - per sentence: tokens, Rec, KL, -ELBO, IW-NLL, NLL with the latent masked, reconstruction BLEU, and on
+      the synthetic task its exact NLL (exact_nll: the mean is the sample's entropy, the floor of every bound).
     """
     report = Report({})
     probe = subset(corpus.splits["train"], cfg.eval.probe_sequences, seed=VALIDATION_SEED)
@@ -67,6 +68,10 @@ def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, prog
         metrics = dict(result.metrics)
         sentences = pd.DataFrame(result.sentences)
         sentences.insert(1, "sentence", index.numpy())   # the row of the whole split: pairs runs sentence by sentence
+        if corpus.name == "synthetic":   # the task's exact -log p(x): the floor every NLL estimate must respect
+            sentences["exact_nll"] = [synthetic_exact_nll(corpus.vocab.decode(seq)) for seq in split.sequences]
+            metrics["exact_nll"] = float(sentences.exact_nll.mean())
+            metrics["exact_nll_per_token"] = float(sentences.exact_nll.sum() / sentences.tokens.sum())
         if model.prior.units > 0:
             # nothing is reconstructed longer than the longest input: the greedy decoder stops there
             scores = reconstruction_bleu(model, split, corpus.vocab, max_new_tokens=int(split.lengths.max()))
@@ -79,7 +84,8 @@ def final_evaluation(model, corpus: Corpus, cfg: Config, *, autocast: bool, prog
             if corpus.name == "synthetic" and not any("control_well_formed" in k for k in report.metrics):
                 from gptvae.control import latent_control   # once per run: it samples, it reads no split
 
-                metrics.update(latent_control(model, corpus.vocab, seed=cfg.train.seed))
+                metrics.update(latent_control(model, corpus.vocab, groups=cfg.eval.control_groups,
+                                                    seed=cfg.train.seed))
         report.metrics.update({f"{name}.{k}": v for k, v in metrics.items()})   # counts stay ints
         report.sentences[name] = sentences
         report.units[name] = pd.DataFrame(result.units)
@@ -349,8 +355,8 @@ def spec_evaluations(spec, tracker: Tracker, *, preset_name: str = "cpu", datase
     from gptvae.sweep import plan_runs
     from gptvae.tracking import TAG_HASH
 
-    if tracker.find_experiment(spec.experiment) is None:
-        return []
+    if tracker.find_experiment(spec.experiment) is None or (spec.dataset and dataset and spec.dataset != dataset):
+        return []   # nothing trained, or a spec about another corpus than the one asked for
     planned = {run.config_hash for run in plan_runs(spec, preset_name=preset_name, dataset=dataset, seeds=[0],
                                                     overrides=overrides)}   # the sweep's settings, as it planned them
     wanted = spec.evaluations
@@ -361,7 +367,9 @@ def spec_evaluations(spec, tracker: Tracker, *, preset_name: str = "cpu", datase
         if run.data.tags.get(TAG_HASH) not in planned:   # another preset's run, or an old one
             continue
         params = run.data.params
-        setting = "lm" if params.get("model.kind") == "lm" else params.get(spec.factor)
+        kind = params.get("model.kind")
+        setting = "lm" if kind == "lm" else params.get(spec.factor) if kind == spec.family else \
+            f"{kind}: {params.get(spec.factor)}"   # a comparison row: never one of the grid's settings
         runs.append((run_id, setting, int(params.get("train.seed", -1)), params))
 
     def chosen(settings):

@@ -115,6 +115,20 @@ def _reference_lines(ax, runs: pd.DataFrame, experiment: str, key: str) -> None:
     if key.endswith(".mi") and f"{split}.mi_ceiling" in rows and rows[f"{split}.mi_ceiling"].notna().any():
         ax.axhline(rows[f"{split}.mi_ceiling"].max(), color="tab:red", linestyle=":", linewidth=1,
                    label="log N (the estimate saturates)")
+    exact = f"{split}.exact_nll_per_token"
+    if key.endswith(("iw_nll_per_token", "nll_bound_per_token", "lm_nll_per_token")) and exact in rows \
+            and rows[exact].notna().any():   # the synthetic task's entropy: the floor no estimate may pass
+        ax.axhline(rows[exact].mean(), color="tab:green", linestyle="-.", linewidth=1,
+                   label="exact entropy of the data")
+    if ".control_" in key and key.endswith("_shared"):
+        measure = key.split(".control_", 1)[1].removesuffix("_shared")
+        independent, chance = f"{split}.control_{measure}_independent", f"{split}.control_{measure}_chance"
+        if independent in rows and rows[independent].notna().any():   # each setting's own samples
+            stats = _by_value(runs, experiment, independent)
+            ax.plot(stats["value"], stats["mean"], color="0.5", linestyle="--", marker="x", linewidth=1,
+                    label="independent Z")
+        if chance in rows and rows[chance].notna().any():
+            ax.axhline(rows[chance].mean(), color="0.35", linestyle=":", linewidth=1, label="chance (the task)")
     if ".probe_z_acc_" in key:
         label = key.split(".probe_z_acc_", 1)[1]
         majority = f"{split}.probe_majority_{label}"
@@ -128,7 +142,7 @@ def _reference_lines(ax, runs: pd.DataFrame, experiment: str, key: str) -> None:
 
 
 def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str, metrics=None, ncols: int = 4,
-                      names=None):
+                      names=None, family: str = "GPT-VAE"):
     """One panel per metric against the ablated factor (mean and 95% t interval over seeds), each with the
     lines it is read against (`_reference_lines`). An IW-NLL the estimator cannot support is left out and
     the panel says so. names: the grid of a factor of names (runs.value is then a position in it)."""
@@ -139,7 +153,7 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
         stats = _by_value(runs, experiment, key)
         at = _positions(stats["value"])
         ax.errorbar(stats["value"].map(at), stats["mean"], yerr=[stats["low"], stats["high"]], marker="o",
-                    capsize=3, label="GPT-VAE")
+                    capsize=3, label=family)
         for row in stats[stats["missing"] > 0].itertuples():
             ax.annotate("n/a (ESS)", (at[row.value], 0.5), xycoords=("data", "axes fraction"), ha="center",
                         fontsize=8, color="tab:red", rotation=90)

@@ -23,7 +23,7 @@ from gptvae.files import atomic_write_text
 from gptvae.results import load_results, load_sentences
 from gptvae.stats import NOT_JUDGED, Drift, Interval, drift, over_seeds, paired, trend, verdict
 from gptvae.stats import use as use_word
-from gptvae.sweep import SweepSpec, load_specs
+from gptvae.sweep import ComparisonRow, SweepSpec, load_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +52,14 @@ def _spec(name: str, where) -> SweepSpec:
     return catalogue[experiment]
 
 
+# Fleuret (2025, section 4.1): what the latent learns at each κ (bits per token) on the synthetic task
+FLEURET_PLAIN, FLEURET_POSITION, FLEURET_NOISE, FLEURET_ALL = 1 / 64, 1 / 8, 1.0, 8.0
+FLEURET = {FLEURET_PLAIN: "the model behaves like a plain GPT", FLEURET_POSITION: "the latent encodes the position",
+           FLEURET_NOISE: "the latent encodes the position and the noise",
+           FLEURET_ALL: "the latent encodes the whole sequence, and generation breaks"}
+CONTROL_MARGIN = 0.05   # agreement rates: a lift whose whole interval lies inside +- this is "no control"
+ENTROPY_SHARE = 0.02    # "within 2%" of the exact entropy (issue 13's bar for the best setting)
+FAMILY_NAMES = {"vae": "GPT-VAE", "freetransformer": "Free Transformer", "lm": "LM"}   # in figures and prose
 MARGIN = 0.01        # nats per token: a difference whose whole interval lies inside +- this "ties"; 1% of
                      # perplexity (exp(0.01) = 1.010), the smallest difference worth a word
 PER_TOKEN = {"iw_nll": True, "lm_nll": True, "neg_elbo": True, "rec": True, "decoder_use": True, "swap_penalty": True,
@@ -69,13 +77,18 @@ def _is_setting(settings: pd.Series, value) -> pd.Series:
 
 
 def _setting_rows(runs: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, object, pd.DataFrame]]:
-    """(label, value, runs of that setting) for every setting of a spec in grid order, the LM last."""
+    """(label, value, runs of that setting) for every setting of a spec in grid order, then its comparison
+    rows (value: the ComparisonRow), the LM last."""
     mine = runs[runs.experiment == spec.experiment]
     out = []
     for value in spec.values:
-        rows = mine[(mine.kind != BASELINE) & _is_setting(mine.setting, value)]
+        rows = mine[(mine.kind == spec.family) & _is_setting(mine.setting, value)]
         if not rows.empty:
             out.append((spec.setting(value), value, rows))
+    for row in spec.compare:   # another family (or a value off the grid) beside it: compared like a setting
+        rows = mine[(mine.kind == row.kind) & _is_setting(mine.setting, row.value)]
+        if not rows.empty:
+            out.append((row.name, row, rows))
     lm = mine[mine.kind == BASELINE]
     if not lm.empty:
         out.append(("LM baseline", None, lm))
@@ -86,13 +99,16 @@ def _per_seed(rows: pd.DataFrame, results_dir: Path, split: str) -> dict[int, pd
     """seed -> the run's per-sentence results on `split`, with two derived columns:
     decoder_use = IW-NLL - Rec, what the decoder gains from its own z against its own marginal likelihood
     (NLL - Rec = KL - KL(q || p(z|x)) <= KL: bounded by the rate; IW-NLL over-states it by its looseness);
-    swap_penalty = Rec with another sentence's z - Rec with its own (NaN where not measured)."""
+    swap_penalty = Rec with another sentence's z - Rec with its own (NaN where not measured);
+    entropy_gap = IW-NLL - the exact NLL, on the synthetic task (NaN elsewhere): never below 0 in expectation."""
     out = {}
     for row in rows.itertuples():
         frame = load_sentences(results_dir, row.run_id, _protocol_of(rows, row.Index, split))
         if frame is not None:
             other = frame["rec_other"] if "rec_other" in frame else float("nan")
-            out[int(row.seed)] = frame.assign(decoder_use=frame.iw_nll - frame.rec, swap_penalty=other - frame.rec)
+            exact = frame["exact_nll"] if "exact_nll" in frame else float("nan")
+            out[int(row.seed)] = frame.assign(decoder_use=frame.iw_nll - frame.rec, swap_penalty=other - frame.rec,
+                                              entropy_gap=frame.iw_nll - exact)
     return out
 
 
@@ -217,8 +233,8 @@ def differences(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split
     reference = spec.setting(spec.reference_value)
     out = []
     for label, value, _ in settings:
-        if value is None or not data[label] or not estimable[label]:
-            continue
+        if value is None or isinstance(value, ComparisonRow) or not data[label] or not estimable[label]:
+            continue   # the figure draws the grid on the factor's axis; a comparison row has no place on it
         for against in ("LM baseline", reference):
             if against == label or not data.get(against) or not estimable[against]:
                 continue
@@ -395,13 +411,24 @@ def samples_table(samples: pd.DataFrame, runs: pd.DataFrame, spec: SweepSpec) ->
     rows = runs[runs.experiment == spec.experiment].drop_duplicates(["kind", "value"])
     lines = []
     for row in rows.itertuples():
-        setting = "LM baseline" if row.kind == BASELINE else spec.setting(_grid_value(spec, row))
-        lines.append(f"### {setting} (run `{row.run_id}`)\n")
+        lines.append(f"### {setting_label(spec, row)} (run `{row.run_id}`)\n")
         for section, group in samples[samples.run_id == row.run_id].groupby("section", sort=False):
             lines.append(f"*{section}*\n")
             lines += [f"- {text}" for text in group.text]
             lines.append("")
     return "\n".join(lines)
+
+
+def setting_label(spec: SweepSpec | None, row) -> str:
+    """A runs.csv row's setting in words: "LM baseline", a comparison row's name, or the grid's "λ = 0.25"."""
+    if row.kind == BASELINE:
+        return "LM baseline"
+    if spec is None:
+        return f"value = {row.value:g}"
+    for other in spec.compare:
+        if row.kind == other.kind and _is_setting(pd.Series([row.setting]), other.value).iloc[0]:
+            return other.name
+    return spec.setting(_grid_value(spec, row))
 
 
 def _grid_value(spec: SweepSpec, row):
@@ -437,8 +464,11 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
     atomic_write_text(where["tables"] / f"{spec.name}_samples.md", samples_table(res["samples"], runs, spec))
 
     names = _names(spec)
+    # the figures draw the factor's axis: rows of another family have no place on it (the tables hold them)
+    runs = runs[(runs.experiment != spec.experiment) | runs.kind.isin([spec.family, BASELINE])]
     figures = {
-        "metrics": plots.metrics_vs_factor(runs, spec.experiment, factor_label=spec.label, names=names),
+        "metrics": plots.metrics_vs_factor(runs, spec.experiment, factor_label=spec.label, names=names,
+                                           family=FAMILY_NAMES.get(spec.family, spec.family)),
         "rate_distortion": plots.rate_distortion(runs, spec.experiment, factor_label=spec.label, names=names),
         "curves": plots.training_curves(res["history"], runs, spec.experiment, factor_label=spec.label, names=names),
     }
@@ -455,8 +485,22 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
     if label_column and points.run_id.isin(shown).any():   # runs trained before runs logged them have none
         figures["posterior"] = plots.posterior_means(res["posterior_means"], runs, spec.experiment,
                                                      label=label_column, symbol=spec.symbol, names=names)
+    ksweep = res["ksweep"]
+    ksweep = ksweep[(ksweep.split == "valid") & ksweep.run_id.isin(runs[runs.experiment == spec.experiment].run_id)] \
+        if not ksweep.empty and not in_study(spec) else ksweep.iloc[0:0]
+    if not ksweep.empty:   # a sweep outside the main study draws its own K sweep (its corpus, its scale)
+        labels = ksweep_labels(runs[runs.experiment == spec.experiment], ksweep, where)
+        tables["ksweep"] = ksweep_table(ksweep, labels)
+        atomic_write_text(where["tables"] / f"{spec.name}_ksweep.md", tables["ksweep"])
+        figures["ksweep"] = plots.k_sweep(ksweep, labels)
     pngs = [plots.save(fig, f"{spec.name}_{kind}", where["figures"])[0] for kind, fig in figures.items()]
     return "\n".join(tables.values()), pngs
+
+
+def in_study(spec: SweepSpec) -> bool:
+    """Whether a spec belongs to the paper's main study, GPTVAE's ablations on the preset's corpus (else it is
+    read by its own section, like the Free Transformer's κ sweeps)."""
+    return spec.family == "vae" and spec.dataset is None
 
 
 def overview_table(runs: pd.DataFrame) -> str:
@@ -478,7 +522,7 @@ def ksweep_labels(runs: pd.DataFrame, ksweep: pd.DataFrame, where: dict[str, Pat
         if row.run_id in labels:
             continue
         spec = catalogue.get(row.experiment)
-        setting = "LM baseline" if row.kind == BASELINE or spec is None else spec.setting(_grid_value(spec, row))
+        setting = setting_label(spec, row)
         labels[row.run_id] = setting if row.kind == BASELINE else f"{row.experiment.removeprefix('ablation-')}: {setting}"
     return labels
 
@@ -530,7 +574,9 @@ def overview_report(*, where: dict[str, Path] | None = None) -> tuple[str, list[
     atomic_write_text(where["tables"] / "overview.md", table)
     pngs = [plots.save(plots.overview(runs), "overview_mi_vs_kl", where["figures"])[0]]
     ksweep = res["ksweep"]
-    if not ksweep.empty:
+    study = [spec.experiment for spec in specs(where).values() if in_study(spec)]
+    ksweep = ksweep[ksweep.run_id.isin(runs[runs.experiment.isin(study)].run_id)] if not ksweep.empty else ksweep
+    if not ksweep.empty:   # the main study's: a sweep on another corpus has its own (ablation_report)
         ksweep = ksweep[ksweep.split == "valid"]
         labels = ksweep_labels(runs, ksweep, where)
         atomic_write_text(where["tables"] / "ksweep.md", ksweep_table(ksweep, labels))
@@ -579,8 +625,12 @@ class PaperContext:
     def __init__(self, where: dict[str, Path], out_dir: Path):
         self.where, self.out_dir = where, out_dir
         results = load_results(where["results"])
-        self.runs, self.history = results["runs"], results["history"]
+        self.all_runs, self.history = results["runs"], results["history"]
         self.specs = specs(where)
+        # the study the paper's setup, verdicts and K sweeps describe: GPTVAE's ablations on the preset's corpus.
+        # Another family's or another corpus's sweep (the Free Transformer's κ) is read by its experiment only
+        study = [e for e, spec in self.specs.items() if in_study(spec)]
+        self.runs = self.all_runs[self.all_runs.experiment.isin(study) | ~self.all_runs.experiment.isin(self.specs)]
         self.cited: dict[str, set[str]] = {}
 
     def _rel(self, path: Path) -> str:
@@ -602,7 +652,7 @@ class PaperContext:
             raise FileNotFoundError(f"{path} is missing: run `make figures` first")
         experiment = f"ablation-{name.split('_', 1)[0]}"
         if experiment in self.specs:
-            self._cite(self.runs[self.runs.experiment == experiment])
+            self._cite(self.all_runs[self.all_runs.experiment == experiment])
         return path.read_text()
 
     def has_figure(self, name: str) -> bool:
@@ -618,12 +668,16 @@ class PaperContext:
 
     def _rows(self, experiment: str, setting) -> pd.DataFrame:
         """The runs of a setting (a grid value or name; None or "lm": the LM baseline; "reference")."""
-        runs = self.runs[self.runs.experiment == experiment]
+        runs = self.all_runs[self.all_runs.experiment == experiment]
         if setting is None or setting == "lm":
             return runs[runs.kind == BASELINE]
+        spec = self.specs[experiment]
         if setting == "reference":
-            setting = self.specs[experiment].reference_value
-        return runs[(runs.kind != BASELINE) & _is_setting(runs.setting, setting)]
+            setting = spec.reference_value
+        for other in spec.compare:
+            if setting == other.name:
+                return runs[(runs.kind == other.kind) & _is_setting(runs.setting, other.value)]
+        return runs[(runs.kind == spec.family) & _is_setting(runs.setting, setting)]
 
     def value(self, experiment: str, metric: str, setting=None, *, digits: int = 2) -> str:
         """A metric at one setting (None: the LM baseline): the mean over seeds with its 95% t interval,
@@ -649,7 +703,7 @@ class PaperContext:
     def const(self, key: str, experiment: str | None = None, *, kind: str | None = "vae"):
         """A setup constant from the runs' logged configs (e.g. 'model.dim', 'train.steps'): the one value
         every run of that kind (in that experiment) logged; two values are an error, never a guess."""
-        rows = self.runs if experiment is None else self.runs[self.runs.experiment == experiment]
+        rows = self.runs if experiment is None else self.all_runs[self.all_runs.experiment == experiment]
         rows = rows[rows.kind == kind] if kind else rows
         if key not in rows or rows[key].isna().all():
             raise KeyError(f"no logged {key} in the exported runs")
@@ -662,7 +716,7 @@ class PaperContext:
     def span(self, key: str, experiment: str | None = None, *, kind: str | None = "vae") -> str:
         """A logged number that runs may disagree on (e.g. how many sentences each was evaluated on): "9,611"
         where they agree, "1,000 to 9,611" where they do not."""
-        rows = self.runs if experiment is None else self.runs[self.runs.experiment == experiment]
+        rows = self.runs if experiment is None else self.all_runs[self.all_runs.experiment == experiment]
         rows = rows[rows.kind == kind] if kind else rows
         values = sorted(pd.to_numeric(rows[key], errors="coerce").dropna().unique()) if key in rows else []
         if not values:
@@ -721,7 +775,7 @@ class PaperContext:
         """Over every setting of every ablation with exported runs: how many had their differences judged,
         how many settled, the largest move among them, and the settings still moving."""
         judged, moving, largest = 0, [], math.nan
-        for spec in self.ablations():
+        for spec in self.study():
             for value in spec.values:
                 if self._rows(spec.experiment, value).empty:
                     continue
@@ -784,7 +838,7 @@ class PaperContext:
         ("kl-floor: λ = 0.1"), a run two sweeps share counted once; unestimable ones under "n/a"."""
         out: dict[str, list[str]] = {}
         seen = set()
-        for spec in self.ablations():
+        for spec in self.study():
             if self._rows(spec.experiment, None).empty:
                 continue
             for value in spec.values:
@@ -813,7 +867,7 @@ class PaperContext:
         return trend(steps)
 
     def convergence(self, experiment: str | None = None) -> Convergence:
-        rows = self.runs if experiment is None else self.runs[self.runs.experiment == experiment]
+        rows = self.runs if experiment is None else self.all_runs[self.all_runs.experiment == experiment]
         rows = rows.drop_duplicates("run_id")
         if "train.converged" not in rows:
             rows = rows.assign(**{"train.converged": math.nan})
@@ -863,18 +917,127 @@ class PaperContext:
         return float(falls.min()), float(falls.max()), int(grid["decade"]), int(grid["top"])
 
     def has(self, experiment: str) -> bool:
-        return bool((self.runs.experiment == experiment).any())
+        return bool((self.all_runs.experiment == experiment).any())
 
     def count(self, experiment: str, column: str) -> int:
         """Distinct values of a column in an experiment's runs (e.g. 'seed', 'run_id')."""
-        return int(self.runs[self.runs.experiment == experiment][column].nunique())
+        return int(self.all_runs[self.all_runs.experiment == experiment][column].nunique())
 
     def seeds(self, experiment: str) -> int:
-        return int(self.runs[self.runs.experiment == experiment].seed.nunique())
+        return int(self.all_runs[self.all_runs.experiment == experiment].seed.nunique())
 
     def ablations(self) -> list[SweepSpec]:
         """Every spec whose sweep has exported runs, by name: the paper's generic sections loop over these."""
         return [spec for spec in sorted(self.specs.values(), key=lambda s: s.name) if self.has(spec.experiment)]
+
+    # the Free Transformer's κ study on the synthetic task
+
+    def entropy(self, experiment: str, *, split: str = "valid") -> float:
+        """The exact NLL of the evaluated sentences per token (the same sentences for every run): the sample's
+        entropy, the floor of every likelihood estimate."""
+        rows = self.all_runs[self.all_runs.experiment == experiment]
+        key = f"{split}.exact_nll_per_token"
+        if key not in rows or rows[key].isna().all():
+            raise KeyError(f"{experiment}: no exact NLL logged (the synthetic task logs it)")
+        values = rows[key].dropna().unique()
+        if len(values) > 1 and np.ptp(values) > 1e-9:
+            raise KeyError(f"{experiment}: runs were evaluated on different sentences (exact NLL {sorted(values)})")
+        return float(values[0])
+
+    def entropy_gap(self, experiment: str, setting, *, split: str = "valid") -> Comparison:
+        """IW-NLL minus the exact NLL, paired per sentence and seed (nats/token), and its word: "below the
+        entropy" when the whole interval is below 0 (no model can beat the data: an estimator fault),
+        "within 2%" when its upper end lies within 2% of the entropy, "above" otherwise."""
+        rows = self._rows(experiment, setting)
+        if rows.empty:
+            raise KeyError(f"{experiment}: no exported runs for {setting!r}")
+        self._cite(rows)
+        reason = not_estimable(rows, split)
+        if reason:
+            return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), reason)
+        diff = _paired_column(_per_seed(rows, self.where["results"], split), "entropy_gap")
+        if diff is None:
+            return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), "n/a: no exact NLL logged")
+        entropy = self.entropy(experiment, split=split)
+        word = ("below the entropy" if diff.high < 0 else
+                "within 2%" if diff.high <= ENTROPY_SHARE * entropy else "above")
+        return Comparison(diff, word)
+
+    def lift(self, experiment: str, setting, measure: str, *, split: str = "valid") -> Comparison:
+        """How much more often two samples that share Z agree on `measure` (position, letter, noise) than two
+        with independent Zs (gptvae.control), paired by seed with a 95% t interval: "controls" when the
+        whole interval lies above 0, "no control" when it lies within +- CONTROL_MARGIN, else "not resolved"."""
+        rows = self._rows(experiment, setting)
+        shared, independent = f"{split}.control_{measure}_shared", f"{split}.control_{measure}_independent"
+        if rows.empty or shared not in rows or rows[shared].isna().all():
+            return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0),
+                              "n/a: no pair of well-formed samples" if not rows.empty else "n/a: not trained")
+        self._cite(rows)
+        diff = over_seeds((rows[shared] - rows[independent]).dropna(), (-1.0, 1.0))
+        if diff.seeds < 2 or math.isnan(diff.low):
+            return Comparison(diff, "not resolved")
+        word = ("controls" if diff.low > 0 else
+                "no control" if -CONTROL_MARGIN <= diff.low and diff.high <= CONTROL_MARGIN else "not resolved")
+        return Comparison(diff, word)
+
+    def collapsed(self, experiment: str, setting, *, split: str = "valid") -> str:
+        """How many of a setting's seeds ignore their latent: IW-NLL - Rec (what the decoder gains from z)
+        within +- MARGIN nats/token over that seed's sentences, "k of n"."""
+        rows = self._rows(experiment, setting)
+        self._cite(rows)
+        data = _per_seed(rows, self.where["results"], split)
+        ignored = 0
+        for seed, frame in data.items():
+            diff = paired({seed: frame}, None, "decoder_use", per_token=True)
+            ignored += int(-MARGIN <= diff.low and diff.high <= MARGIN)
+        return f"{ignored} of {len(data)}"
+
+    def regimes(self, experiment: str) -> list[dict]:
+        """Fleuret's four κ regimes (FLEURET), each confirmed or not by its measure: setting, the claim, the
+        evidence (numbers with intervals) and the word ("holds", "does not hold", "not resolved")."""
+        spec = self.specs[experiment]
+        if spec.base.get("objective.free_bits_unit") != "bits":
+            return []
+        out = []
+        for kappa, claim in FLEURET.items():
+            if not any(_is_setting(pd.Series([v]), kappa).iloc[0] for v in spec.values) or \
+                    self._rows(experiment, kappa).empty:
+                continue
+            lift = {m: self.lift(experiment, kappa, m) for m in ("position", "letter", "noise")}
+            words = {m: c.word for m, c in lift.items()}
+            evidence = [f"{m} agreement, shared − independent Z: " + (c.word if c.word.startswith("n/a") else
+                                                                       f"{c} (*{c.word}*)") for m, c in lift.items()]
+            if kappa == FLEURET_PLAIN:
+                use, vs_lm = self.use(experiment, kappa), self.compare(experiment, kappa, "lm")
+                evidence = [f"IW-NLL − Rec {use} (*{use.word}*)", f"IW-NLL against the LM {vs_lm} (*{vs_lm.word}*)"]
+                word = ("holds" if use.word == "ignores z" and vs_lm.word == "ties" else
+                        "does not hold" if use.word == "uses z" else "not resolved")
+            elif kappa == FLEURET_POSITION:
+                word = ("holds" if words["position"] == "controls" and words["noise"] == "no control" else
+                        "does not hold" if "no control" == words["position"] or words["noise"] == "controls" else
+                        "not resolved")
+            elif kappa == FLEURET_NOISE:
+                both = (words["position"], words["noise"])
+                word = ("holds" if both == ("controls", "controls") else
+                        "does not hold" if "no control" in both else "not resolved")
+            else:
+                formed = self.change(experiment, "valid.control_well_formed", kappa, "reference") \
+                    if not self._rows(experiment, "reference").empty else None
+                evidence.append(f"well-formed samples against {spec.setting(spec.reference_value)}: "
+                                f"{formed.interval.format(3, signed=True)} (*{formed.word}*)" if formed else
+                                "well-formed samples: no reference to pair with")
+                every = set(words.values())
+                word = ("holds" if every == {"controls"} and formed and formed.word == "falls" else
+                        "does not hold" if "no control" in every or (formed and formed.word == "rises") else
+                        "not resolved")
+            out.append({"setting": spec.setting(kappa), "claim": claim, "evidence": "; ".join(evidence),
+                        "word": word, "collapsed": self.collapsed(experiment, kappa)})
+        return out
+
+    def study(self) -> list[SweepSpec]:
+        """The ablations of the main study (GPTVAE on the preset's corpus) with exported runs: what the setup's
+        convergence summary and the verdicts against the LM read. The κ sweeps have their own section."""
+        return [spec for spec in self.ablations() if in_study(spec)]
 
     def missing(self) -> list[SweepSpec]:
         """Every spec with no exported run: the paper names them and the command that trains them."""
@@ -885,8 +1048,10 @@ class PaperContext:
         settings. Its tables show what was trained; the paper names what was not."""
         out = []
         for spec in self.ablations():
-            runs = self.runs[(self.runs.experiment == spec.experiment) & (self.runs.kind != BASELINE)]
-            lacking = [spec.setting(v) for v in spec.values if not _is_setting(runs.setting, v).any()]
+            runs = self.all_runs[(self.all_runs.experiment == spec.experiment)]
+            lacking = [spec.setting(v) for v in spec.values
+                       if not _is_setting(runs[runs.kind == spec.family].setting, v).any()]
+            lacking += [c.name for c in spec.compare if not _is_setting(runs[runs.kind == c.kind].setting, c.value).any()]
             if lacking:
                 out.append((spec, lacking))
         return out
@@ -895,11 +1060,10 @@ class PaperContext:
         lines = []
         for experiment in sorted(self.cited):
             spec = self.specs.get(experiment)
-            runs = self.runs[(self.runs.experiment == experiment) & self.runs.run_id.isin(self.cited[experiment])]
+            runs = self.all_runs[(self.all_runs.experiment == experiment) & self.all_runs.run_id.isin(self.cited[experiment])]
             lines += [f"### {experiment}", "", "| setting | seed | MLflow run id | trained in |", "|---|---|---|---|"]
             for row in runs.itertuples():
-                setting = "LM baseline" if row.kind == BASELINE else \
-                    spec.setting(_grid_value(spec, row)) if spec else f"value = {row.value:g}"
+                setting = setting_label(spec, row)
                 lines.append(f"| {setting} | {row.seed} | `{row.run_id}` | {row.trained_in} |")
             lines.append("")
         return "\n".join(lines)
@@ -909,7 +1073,7 @@ class PaperContext:
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const", "span",
                  "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
-                 "seeds", "ablations", "missing", "partial")
+                 "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "lift", "collapsed", "regimes")
         return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}
 
 

@@ -21,14 +21,15 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gptvae.config import Config, ConfigError, ObjectiveConfig, apply_overrides, config_hash, parse_overrides, preset
+from gptvae.config import DATASETS, Config, ConfigError, ObjectiveConfig, apply_overrides, config_hash, parse_overrides, preset
 from gptvae.families import BASELINE
 from gptvae.run import SUMMARY_KEYS, PlannedRun, RunTask, run_dir_for
 from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_KIND, TAG_NOTE, TAG_PRESET, TAG_SAME_AS,
                              TAG_SEED, TAG_VALUES, Tracker)
 
 SPEC_KEYS = {"name", "factor", "values", "base", "baseline", "description", "label", "symbol", "reference",
-             "evaluations"}
+             "evaluations", "dataset", "compare"}
+COMPARE_KEYS = {"name", "set"}   # a [[compare]] row: its label, and its overrides on top of [base]
 EVALUATION_KEYS = {"whole_valid", "test", "k_sweep", "fp32"}   # what [evaluations] may ask for (gptvae.evaluation.spec_evaluations)
 
 
@@ -46,10 +47,17 @@ class SweepSpec:
     evaluations: dict = field(default_factory=dict)   # beyond each run's own: whole_valid = true (every run on
                                  # the whole validation split at its own K), test = true (every run on the test
                                  # split), k_sweep = [settings] and fp32 = [settings] (seed 0; "lm": the baseline)
+    dataset: str | None = None   # the corpus the question is about (default: the preset's, yelp); --dataset must agree
+    compare: tuple = ()          # ComparisonRow: rows trained beside the grid, e.g. another family at the same budget
 
     @property
     def experiment(self) -> str:
         return f"ablation-{self.name}"
+
+    @property
+    def family(self) -> str:
+        """The model family of the grid's rows (the comparison rows may be another)."""
+        return str(self.base.get("model.kind", Config().model.kind))
 
     @property
     def categorical(self) -> bool:
@@ -65,6 +73,16 @@ class SweepSpec:
         if value is None:
             return "LM baseline"
         return f"{self.symbol} = {value}" if isinstance(value, str) else f"{self.symbol} = {value:g}"
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """A row beside a spec's grid: its own overrides on top of [base], e.g. a GPTVAE whose total floor matches
+    a Free Transformer setting's budget. It is compared with the reference and the LM like any setting."""
+    name: str                    # its label in tables and figures, e.g. "GPTVAE, 8 bits in all"
+    overrides: dict              # on top of the spec's [base]
+    kind: str                    # its model family
+    value: object                # the spec's factor in its config (how its runs are told apart in runs.csv)
 
 
 def spec_name(path: Path) -> str:
@@ -104,10 +122,15 @@ def load_spec(path: str | Path) -> SweepSpec:
     short = raw["factor"].rsplit(".", 1)[-1]
     if len({isinstance(v, str) for v in values}) > 1:
         raise ConfigError(f"experiment spec {path}: values = {values!r} mixes names and numbers; allowed: one kind")
-    spec = SweepSpec(name=raw["name"], factor=raw["factor"], values=tuple(values), base=dict(raw.get("base", {})),
+    dataset = raw.get("dataset")
+    if dataset is not None and dataset not in DATASETS:
+        raise ConfigError(f"experiment spec {path}: dataset = {dataset!r}; allowed: {', '.join(DATASETS)}")
+    base = dict(raw.get("base", {}))
+    spec = SweepSpec(name=raw["name"], factor=raw["factor"], values=tuple(values), base=base,
                      baseline=bool(raw.get("baseline", True)), description=raw.get("description", ""),
                      label=raw.get("label", raw["factor"]), symbol=raw.get("symbol", short),
-                     reference=raw.get("reference"), evaluations=dict(raw.get("evaluations", {})))
+                     reference=raw.get("reference"), evaluations=dict(raw.get("evaluations", {})),
+                     dataset=dataset, compare=_comparisons(path, raw, base))
     unknown = set(spec.evaluations) - EVALUATION_KEYS
     if unknown:
         raise ConfigError(f"experiment spec {path}: [evaluations] has unknown keys {', '.join(sorted(unknown))}; "
@@ -124,7 +147,33 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise ConfigError(f"experiment spec {path} sets its factor {spec.factor} in [base] too; drop it there")
     for value in spec.values:   # fail before training
         apply_overrides(Config(), {**spec.base, spec.factor: value}).validate()
+    grid = {(spec.family, repr(float(v)) if not isinstance(v, str) else v) for v in spec.values}
+    for row in spec.compare:
+        key = (row.kind, repr(float(row.value)) if not isinstance(row.value, str) else row.value)
+        if key in grid:
+            raise ConfigError(f"experiment spec {path}: [[compare]] {row.name!r} is the grid's own setting "
+                              f"{spec.setting(row.value)}; a comparison row is another family or a value off the grid")
     return spec
+
+
+def _comparisons(path: Path, raw: dict, base: dict) -> tuple[ComparisonRow, ...]:
+    rows = raw.get("compare", [])
+    if not isinstance(rows, list):
+        raise ConfigError(f"experiment spec {path}: compare must be a list of [[compare]] tables, each with "
+                          f"name = \"...\" and set = {{key = value, ...}}")
+    out = []
+    for row in rows:
+        if not isinstance(row, dict) or set(row) != COMPARE_KEYS or not isinstance(row["set"], dict):
+            raise ConfigError(f"experiment spec {path}: [[compare]] {row!r}; allowed: exactly "
+                              f"name = \"...\" and set = {{key = value, ...}}")
+        cfg = apply_overrides(Config(), {**base, **row["set"]}).validate()
+        factor = raw["factor"]
+        out.append(ComparisonRow(name=str(row["name"]), overrides=dict(row["set"]), kind=cfg.model.kind,
+                              value=cfg.flat()[factor]))
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"experiment spec {path}: [[compare]] names {names!r} repeat")
+    return tuple(out)
 
 
 def load_specs(folder: str | Path = "experiments") -> list[SweepSpec]:
@@ -135,6 +184,10 @@ def load_specs(folder: str | Path = "experiments") -> list[SweepSpec]:
 def plan_runs(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, overrides=()) -> list[PlannedRun]:
     """Every (setting, seed) of a sweep, the baseline row first within each seed: every paired comparison
     reads it, so a study stopped part-way through a seed can still compare what it trained."""
+    if spec.dataset and dataset and dataset != spec.dataset:
+        raise ConfigError(f"--dataset {dataset}: experiment spec {spec.name} is about {spec.dataset}; drop "
+                          f"--dataset (make: DATASET), or sweep a spec written for {dataset}")
+    dataset = dataset or spec.dataset
     base = apply_overrides(apply_overrides(preset(preset_name, dataset=dataset), spec.base), overrides)
     if spec.factor in (overrides if isinstance(overrides, dict) else parse_overrides(overrides)):
         raise ConfigError(f"--set {spec.factor}=... overrides the factor this sweep varies ({spec.name}: "
@@ -151,6 +204,9 @@ def plan_runs(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
         for value in spec.values:
             cfg = apply_overrides(base, {spec.factor: value, "train.seed": seed}).validate()
             runs.append(PlannedRun(f"{short}={value} seed={seed}", cfg.model.kind, value, cfg))
+        for row in spec.compare:
+            cfg = apply_overrides(base, {**row.overrides, "train.seed": seed}).validate()
+            runs.append(PlannedRun(f"{row.name} seed={seed}", cfg.model.kind, row.value, cfg))
     return runs
 
 

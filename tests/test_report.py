@@ -244,3 +244,61 @@ def test_a_protocol_logged_before_a_column_existed_is_completed_and_nothing_else
     assert len(tracker.client.get_metric_history(run_id, "valid.iw_nll")) == history
     evaluate_logged_run(run_id, split="valid", iw_samples=4, max_sequences=40, tracker=tracker)   # complete now
     assert len(tracker.client.get_metric_history(run_id, "valid.iw_nll")) == history
+
+
+def test_a_free_transformer_sweep_with_a_gptvae_row_goes_from_the_store_to_its_tables(tmp_path):
+    """A spec of another family on another corpus (the κ study's shape): its grid, its LM and its comparison
+    row of a different family are trained, exported, and each is a row of the tables under its own name."""
+    import pandas as pd
+
+    folder = tmp_path
+    (folder / "experiments").mkdir()
+    spec_path = folder / "experiments" / "kappa.toml"
+    spec_path.write_text('name = "kappa"\nfactor = "objective.free_bits"\nvalues = [0.0, 1.0]\nsymbol = "κ"\n'
+                         'dataset = "synthetic"\n[base]\n"model.kind" = "freetransformer"\n"model.latent_bits" = 2\n'
+                         '"objective.free_bits_mode" = "per_token"\n"objective.free_bits_unit" = "bits"\n'
+                         '[[compare]]\nname = "GPTVAE, 67 bits in all"\n'
+                         'set = { "model.kind" = "vae", "objective.free_bits_mode" = "total", "objective.free_bits" = 1.0 }\n')
+    tracker = Tracker(f"sqlite:///{folder}/mlflow.db")
+    spec = load_spec(spec_path)
+    synthetic = ["data.synthetic_train=300", "data.synthetic_eval=32", "train.steps=4", "train.eval_every=2",
+                 "train.log_every=2", "train.val_sequences=32", "eval.max_sequences=32", "eval.num_samples=2",
+                 "eval.iw_samples=4", "eval.mi_sequences=32", "eval.probe_sequences=64"]
+    rows = run_sweep(spec, preset_name="smoke", dataset=None, seeds=[0], overrides=synthetic,
+                     runs_root=folder / "runs", tracker=tracker, progress=False)
+    assert [r["kind"] for r in rows] == ["lm", "freetransformer", "freetransformer", "vae"]
+    where = {"results": folder / "results", "figures": folder / "figures", "tables": folder / "tables",
+             "experiments": folder / "experiments"}
+    export_results(where["results"], tracker=tracker, preset="smoke")
+    runs = load_results(where["results"])["runs"]
+    assert sorted(runs.kind) == ["freetransformer", "freetransformer", "lm", "vae"]
+    assert set(runs.dataset) == {"synthetic"}
+    # the comparison row's floor is 1.0 like the grid's κ = 1: its family tells them apart
+    assert pd.to_numeric(runs.setting, errors="coerce").eq(1.0).sum() == 2
+    tables, pngs = ablation_report("kappa", where=where)
+    likelihood = (where["tables"] / "kappa_likelihood.md").read_text()
+    labels = [line.split(" | ")[0].lstrip("| ") for line in likelihood.splitlines()[2:] if line.startswith("| ")]
+    assert labels == ["κ = 0", "κ = 1", "GPTVAE, 67 bits in all", "LM baseline"]
+    assert "GPTVAE, 67 bits in all" in (where["tables"] / "kappa_use.md").read_text()
+    assert "### GPTVAE, 67 bits in all" in (where["tables"] / "kappa_samples.md").read_text()
+    assert pngs and all(p.is_file() for p in pngs)
+
+    # beside the committed study (what a user's export holds): the main study's setup and verdicts read only
+    # GPTVAE's ablations on yelp, and the κ section reads its own runs, with Fleuret's regimes as a table
+    import shutil
+
+    both = {key: folder / "paper" / key for key in ("results", "tables", "figures")}
+    for key, target in both.items():
+        shutil.copytree(ROOT / "paper" / key / "cpu", target)
+    both["experiments"] = folder / "experiments-all"
+    shutil.copytree(ROOT / "experiments", both["experiments"])
+    shutil.copy(spec_path, both["experiments"] / "kappa.toml")
+    export_results(both["results"], tracker=tracker, preset="smoke")
+    ablation_report("kappa", where=both)
+    md, _ = render_paper(ROOT / "paper" / "paper.md", folder / "build", where=both, pdf=False)
+    text = md.read_text()
+    section = text.split("## The Free Transformer: free bits κ on the synthetic task", 1)[1].split("\n## ", 1)[0]
+    assert "GPTVAE, 67 bits in all" in section and "- **κ = 1 bit" in section
+    assert "Fleuret (2025) | measure | here" in section   # κ = 1 is one of the paper's regimes
+    assert "the latent encodes the position and the noise" in section
+    assert "ablation-kappa" not in text.split("## Setup", 1)[1].split("\n## ", 1)[0]

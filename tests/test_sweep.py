@@ -1,6 +1,8 @@
 """Sweeps against a real SQLite MLflow store: structure, skipping finished runs, concurrency, CLI errors."""
 
+import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,19 +31,48 @@ def write_spec(folder: Path, name: str, values) -> Path:
 def test_shipped_specs_plan_their_grid_plus_the_lm_row(spec):
     s = load_spec(spec)
     runs = plan_runs(s, preset_name="cpu", dataset=None, seeds=[0, 1])
-    assert len(runs) == 2 * (len(s.values) + 1)
+    assert len(runs) == 2 * (len(s.values) + 1 + len(s.compare))
     assert sum(r.kind == "lm" for r in runs) == 2
-    assert {r.cfg.data.dataset for r in runs} == {"yelp"}
+    assert {r.cfg.data.dataset for r in runs} == {s.dataset or "yelp"}
     factor_values = {apply_overrides(preset("cpu"), {}).flat()[s.factor]} | set(s.values)
-    assert {r.cfg.flat()[s.factor] for r in runs if r.kind == "vae"} <= factor_values
+    assert {r.cfg.flat()[s.factor] for r in runs if r.kind == s.family} <= factor_values
+    assert [r.value for r in runs if r.kind not in ("lm", s.family)] == [c.value for c in s.compare if c.kind != s.family] * 2
 
 
 def test_every_shipped_spec_shares_one_lm_row_per_seed():
     """The LM has no latent, so no objective knob of a spec's base may make its row another config."""
     specs = [load_spec(p) for p in sorted((ROOT / "experiments").glob("*.toml"))]
-    lm = {config_hash(r.cfg) for s in specs for r in plan_runs(s, preset_name="cpu", dataset=None, seeds=[0])
-          if r.kind == "lm"}
-    assert specs and len(lm) == 1
+    lm = {(r.cfg.data.dataset, config_hash(r.cfg)) for s in specs
+          for r in plan_runs(s, preset_name="cpu", dataset=None, seeds=[0]) if r.kind == "lm"}
+    assert specs and len(lm) == len({dataset for dataset, _ in lm}) == 2   # one per corpus: yelp, synthetic
+
+
+def test_a_spec_about_one_corpus_refuses_another_and_plans_its_comparison_rows(tmp_path):
+    spec = load_spec(ROOT / "experiments" / "kappa.toml")
+    runs = plan_runs(spec, preset_name="smoke", dataset=None, seeds=[0])
+    assert {r.cfg.data.dataset for r in runs} == {"synthetic"}
+    assert [r.kind for r in runs] == ["lm"] + ["freetransformer"] * len(spec.values) + ["vae"]
+    gptvae = runs[-1].cfg
+    assert gptvae.objective.free_bits_mode == "total" and gptvae.objective.free_bits_nats == pytest.approx(8.375 * math.log(2))
+    assert plan_runs(spec, preset_name="smoke", dataset="synthetic", seeds=[0]) == runs
+    with pytest.raises(ConfigError, match="--dataset yelp: experiment spec kappa is about synthetic"):
+        plan_runs(spec, preset_name="smoke", dataset="yelp", seeds=[0])
+
+
+@pytest.mark.parametrize("extra,message", [
+    ('dataset = "imdb"\n', "dataset = 'imdb'; allowed: synthetic, yelp"),
+    ('[[compare]]\nname = "same"\nset = { "objective.free_bits" = 0.5 }\n', "is the grid's own setting"),
+    ('[[compare]]\nname = "x"\n', "allowed: exactly name"),
+    ('[[compare]]\nname = "x"\nset = { "model.kind" = "gru" }\n', "model.kind"),
+    ('[[compare]]\nname = "x"\nset = { "model.kind" = "lm" }\n[[compare]]\nname = "x"\nset = { "model.dim" = 8 }\n',
+     "repeat"),
+])
+def test_bad_spec_datasets_and_comparison_rows_are_one_clear_error(tmp_path, extra, message):
+    path = write_spec(tmp_path, "floor", [0.0, 0.5])
+    text = path.read_text()
+    path.write_text(extra + text if extra.startswith("dataset") else text + extra)
+    with pytest.raises(ConfigError, match=re.escape(message) if "'" in message else message):
+        load_spec(path)
 
 
 def test_sweep_logs_parent_children_curves_and_skips_on_rerun(tmp_path):
