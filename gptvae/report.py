@@ -963,6 +963,25 @@ class PaperContext:
                 "within 2%" if diff.high <= ENTROPY_SHARE * entropy else "above")
         return Comparison(diff, word)
 
+    def closest(self, experiment: str, *, split: str = "valid") -> dict | None:
+        """The setting (the LM and comparison rows included) whose estimate comes closest to the exact
+        entropy: its label, its gap (entropy_gap) and the gap as a share of the entropy; None when no
+        setting has an estimate."""
+        spec = self.specs[experiment]
+        settings = [(spec.setting(v), v) for v in spec.values] + [(c.name, c.name) for c in spec.compare] + \
+            [("LM baseline", "lm")]
+        gaps = []
+        for label, setting in settings:
+            if self._rows(experiment, setting).empty:
+                continue
+            gap = self.entropy_gap(experiment, setting, split=split)
+            if not math.isnan(gap.interval.estimate):
+                gaps.append((gap.interval.estimate, label, gap))
+        if not gaps:
+            return None
+        _, label, gap = min(gaps, key=lambda g: g[0])
+        return {"setting": label, "gap": gap, "share": gap.interval.estimate / self.entropy(experiment, split=split)}
+
     def lift(self, experiment: str, setting, measure: str, *, split: str = "valid") -> Comparison:
         """How much more often two samples that share Z agree on `measure` (position, letter, noise) than two
         with independent Zs (gptvae.control), paired by seed with a 95% t interval: "controls" when the
@@ -1073,7 +1092,8 @@ class PaperContext:
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const", "span",
                  "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
-                 "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "lift", "collapsed", "regimes")
+                 "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "closest", "lift", "collapsed",
+                 "regimes")
         return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}
 
 

@@ -216,3 +216,80 @@ def test_a_setting_not_trained_yet_is_named_not_silently_dropped(tmp_path):
     untrained = text.split("## Not yet trained at this preset", 1)[1].split("## Appendix", 1)[0]
     assert "- `ablation-kl-floor`: λ = 0.05 (`make ablation-kl-floor SEEDS=\"0 1 2\"` trains only what is" in untrained
     assert "λ = 0.1" not in untrained and "λ = 1" not in untrained
+
+
+def _kappa_study(folder: Path, *, position_lift: float, noise_lift: float, below_entropy: bool) -> dict[str, Path]:
+    """A made-up κ sweep (experiments/kappa.toml) at 3 seeds: samples sharing Z agree on the position more often
+    than samples with independent Zs by position_lift, on the noise by noise_lift, at every κ > 0; the IW-NLL
+    lies 0.3 nats a sentence above the exact NLL (1.3% of it), or 2 below it when below_entropy."""
+    from gptvae.sweep import load_spec
+
+    experiments = folder / "experiments"
+    experiments.mkdir(parents=True)
+    (experiments / "kappa.toml").write_text((ROOT / "experiments" / "kappa.toml").read_text())
+    spec = load_spec(experiments / "kappa.toml")
+    rng = np.random.default_rng(1)
+    exact = rng.normal(22.27, 3.0, N)
+    tokens = np.full(N, 67)
+    runs = []
+    rows = [(v, "freetransformer") for v in spec.values] + [(c.value, c.kind) for c in spec.compare] + [(None, "lm")]
+    for seed in (0, 1, 2):
+        for position, (value, kind) in enumerate(rows):
+            run_id = f"kappa-{position}-{seed}"
+            latent = kind != "lm"
+            gain = 0.0 if not latent or value == 0 else 1.0
+            iw = exact + (-2.0 if below_entropy else 0.3) + rng.normal(0, 0.05, N)
+            frame = pd.DataFrame({"row": np.arange(N), "sentence": np.arange(N), "tokens": tokens, "iw_nll": iw,
+                                  "rec": iw - gain, "lm_nll": iw + gain, "kl": np.full(N, 2.0 * gain),
+                                  "neg_elbo": iw + 0.3, "exact_nll": exact})
+            atomic_write_csv(folder / "sentences" / f"{run_id}.valid.csv", frame)
+            row = {"experiment": spec.experiment, "factor": spec.factor, "kind": kind, "seed": seed,
+                   "value": np.nan if value is None else value, "setting": "" if value is None else str(value),
+                   "preset": "cpu", "dataset": "synthetic", "run_id": run_id, "trained_in": spec.experiment,
+                   "config_hash": f"k{position}", "model.kind": kind, "model.latent_bits": 8,
+                   "objective.free_bits": value, "train.converged": 1.0, "train.patience": 3, "train.tolerance": 0.01,
+                   "valid.iw_nll": iw.mean(), "valid.iw_nll_per_token": iw.sum() / tokens.sum(),
+                   "valid.exact_nll": exact.mean(), "valid.exact_nll_per_token": exact.sum() / tokens.sum(),
+                   "valid.n_sequences": N, "valid.iw_samples": 64}
+            if latent:
+                lifted = value is not None and value > 0
+                row.update({"valid.kl": 2.0 * gain, "valid.iw_ess_median": 20.0, "valid.control_well_formed":
+                            0.95 - (0.5 if value == 8.0 else 0.0) + rng.normal(0, 0.01)})
+                for measure, lift in (("position", position_lift), ("letter", position_lift), ("noise", noise_lift)):
+                    base = 0.2 + rng.normal(0, 0.005)
+                    row[f"valid.control_{measure}_independent"] = base
+                    row[f"valid.control_{measure}_shared"] = base + (lift if lifted else 0.0) + rng.normal(0, 0.005)
+                    row[f"valid.control_{measure}_chance"] = 0.2
+            runs.append(row)
+    atomic_write_csv(folder / "runs.csv", pd.DataFrame(runs))
+    for name in ("history", "units", "posterior_means", "samples"):
+        atomic_write_csv(folder / f"{name}.csv", pd.DataFrame({"run_id": []}))
+    return {"results": folder, "tables": folder / "tables", "figures": folder / "figures", "experiments": experiments}
+
+
+@pytest.mark.parametrize("position_lift,noise_lift,words", [
+    (0.6, 0.0, {"κ = 0.125": "holds", "κ = 1": "does not hold", "κ = 8": "does not hold"}),
+    (0.6, 0.5, {"κ = 0.125": "does not hold", "κ = 1": "holds", "κ = 8": "holds"}),
+    (0.0, 0.0, {"κ = 0.125": "does not hold", "κ = 1": "does not hold", "κ = 8": "does not hold"}),
+])
+def test_fleurets_regimes_are_worded_by_their_measures(tmp_path, position_lift, noise_lift, words):
+    from gptvae.report import PaperContext
+
+    ctx = PaperContext(_kappa_study(tmp_path, position_lift=position_lift, noise_lift=noise_lift,
+                                    below_entropy=False), tmp_path)
+    regimes = {r["setting"]: r["word"] for r in ctx.regimes("ablation-kappa")}
+    assert {k: regimes[k] for k in words} == words
+    # κ = 1/64 gains from its latent here (1 nat a sentence): it does not behave like a plain GPT
+    assert regimes["κ = 0.015625"] == "does not hold"
+    assert ctx.collapsed("ablation-kappa", 0.0) == "3 of 3" and ctx.collapsed("ablation-kappa", 1.0) == "0 of 3"
+    assert ctx.entropy_gap("ablation-kappa", 1.0).word == "within 2%"
+    best = ctx.closest("ablation-kappa")
+    assert best["gap"].interval.estimate == pytest.approx(0.3 / 67, abs=2e-3) and best["share"] < 0.02
+
+
+def test_an_estimate_below_the_exact_entropy_is_named_as_one(tmp_path):
+    from gptvae.report import PaperContext
+
+    ctx = PaperContext(_kappa_study(tmp_path, position_lift=0.6, noise_lift=0.0, below_entropy=True), tmp_path)
+    assert ctx.entropy_gap("ablation-kappa", 0.125).word == "below the entropy"
+    assert ctx.entropy_gap("ablation-kappa", "GPTVAE, 8.375 bits in all").word == "below the entropy"
