@@ -1,6 +1,7 @@
 """From a real (tiny) sweep to exported results, a notebook run headlessly, figures and the paper."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -283,22 +284,20 @@ def test_a_free_transformer_sweep_with_a_gptvae_row_goes_from_the_store_to_its_t
     assert "### GPTVAE, 67 bits in all" in (where["tables"] / "kappa_samples.md").read_text()
     assert pngs and all(p.is_file() for p in pngs)
 
-    # beside the committed study (what a user's export holds): the main study's setup and verdicts read only
-    # GPTVAE's ablations on yelp, and the κ section reads its own runs, with Fleuret's regimes as a table
-    import shutil
+    # beside a study of GPTVAE on yelp (made up, as test_paper makes it): the setup and the verdicts read only
+    # that study, and the κ section reads its own runs, with Fleuret's regimes as a table
+    from test_paper import synthetic_study
 
-    both = {key: folder / "paper" / key for key in ("results", "tables", "figures")}
-    for key, target in both.items():
-        shutil.copytree(ROOT / "paper" / key / "cpu", target)
-    both["experiments"] = folder / "experiments-all"
-    shutil.copytree(ROOT / "experiments", both["experiments"])
+    both = synthetic_study(folder / "both", floor_effect=3.0, use=2.0, only="kl_floor")
     shutil.copy(spec_path, both["experiments"] / "kappa.toml")
     export_results(both["results"], tracker=tracker, preset="smoke")
-    ablation_report("kappa", where=both)
+    for name in ("kl-floor", "kappa"):
+        ablation_report(name, where=both)
     md, _ = render_paper(ROOT / "paper" / "paper.md", folder / "build", where=both, pdf=False)
     text = md.read_text()
     section = text.split("## The Free Transformer: free bits κ on the synthetic task", 1)[1].split("\n## ", 1)[0]
     assert "GPTVAE, 67 bits in all" in section and "- **κ = 1 bit" in section
     assert "Fleuret (2025) | measure | here" in section   # κ = 1 is one of the paper's regimes
     assert "the latent encodes the position and the noise" in section
-    assert "ablation-kappa" not in text.split("## Setup", 1)[1].split("\n## ", 1)[0]
+    setup = text.split("## Setup", 1)[1].split("\n## ", 1)[0]
+    assert "kappa" not in setup and "synthetic" not in setup
