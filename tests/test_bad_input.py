@@ -57,7 +57,7 @@ CASES = {
     "seed not a number": (SMOKE + ["--seed", "one"], "argument --seed: invalid int value: 'one'"),
     "unknown command": (["frobnicate"], "invalid choice: 'frobnicate'"),
     # sweeps and their specs
-    "spec is a folder": (["sweep", str(ROOT / "experiments")], "is a folder; give one of its specs: kl_floor.toml"),
+    "spec is a folder": (["sweep", str(ROOT / "experiments")], "is a folder; give one of its specs: kappa.toml, kappa_yelp.toml, kl_floor.toml"),
     "spec does not exist": (["sweep", str(ROOT / "experiments" / "nope.toml")], "does not exist; specs in"),
     "spec with no values": (["sweep", spec(GOOD + "values = []\n")], "values = []; allowed: a non-empty list"),
     "spec with one value, not a list": (["sweep", spec(GOOD + "values = 0.5\n")], "values = 0.5; allowed: a non-empty list"),
