@@ -192,3 +192,13 @@ def test_generation_draws_per_position_latents_or_conditions_on_given_ones():
 def test_bad_free_transformer_config_is_one_clear_error(change, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(preset("smoke"), change).validate()
+
+
+@pytest.mark.parametrize("change", [{}, {"head_depth": 0}, {"per_token_latents": False}])
+def test_kv_cached_generation_equals_rerunning_every_prefix(change):
+    ours = model(**change)
+    prompts = torch.full((4, 1), BOS)
+    for given in (dict(prior=True), dict(z=torch.tensor([5, 1, 0, 7, 2, 3, 6, 4, 1, 1, 0, 2, 3])), {}):
+        runs = [ours.generate(prompts, max_new_tokens=12, temperature=0.0, use_cache=cache,
+                              generator=torch.Generator().manual_seed(1), **given) for cache in (True, False)]
+        assert torch.equal(*runs), given

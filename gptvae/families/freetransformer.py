@@ -169,21 +169,32 @@ class Model(nn.Module):
         temperature: float = 1.0,
         filter_logits_fn=keep_logits,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,            # upstream's KV cache for head and tail; False re-runs every prefix
     ) -> Tensor:
         """Continue `prompts` (B, n), usually a column of BOS; the generated tokens (B, <= max_new_tokens),
         PAD after each row's EOS. With no latent given the tail's first block receives nothing (upstream's
-        `generate()` without latents)."""
+        `generate()` without latents).
+
+        The codes are drawn before the first step, so the latent at position t is fixed when t is first
+        read: under the KV cache each step adds only the newest position's condition to its key and value."""
         batch, start = prompts.shape
         codes = self.latents(batch, start + max_new_tokens, z=z, reference=reference, prior=prior, generator=generator)
         was_training = self.training
         self.eval()
         out = prompts
         done = torch.zeros(batch, dtype=torch.bool, device=prompts.device)
-        for _ in range(max_new_tokens):   # no KV cache: a latent per position would need the tail's own
-            head = self._head(F.pad(out, (0, 1), value=PAD))
-            condition = self.condition(codes, head.shape[1]) if exists(codes) else None
-            hidden = self.net.decoder_tail(head, self_attn_kv_residuals=condition)[:, -1]
-            logits = filter_logits_fn(self.net.token_unembed(hidden).float())
+        head_cache = tail_cache = None
+        for _ in range(max_new_tokens):
+            x = self.net.token_emb(out)   # the decoders keep only the newest position once they hold a cache
+            head = x
+            if exists(self.net.decoder_head):
+                head, head_cache = self.net.decoder_head(x, cache=head_cache if use_cache else None, return_hiddens=True)
+            condition = self.condition(codes, out.shape[1]) if exists(codes) else None
+            if exists(condition) and use_cache and exists(tail_cache):
+                condition = condition[:, -1:]
+            hidden, tail_cache = self.net.decoder_tail(head, cache=tail_cache if use_cache else None,
+                                                       self_attn_kv_residuals=condition, return_hiddens=True)
+            logits = filter_logits_fn(self.net.token_unembed(hidden[:, -1]).float())
             if temperature == 0:
                 token = logits.argmax(-1)
             else:
