@@ -76,17 +76,22 @@ def _is_setting(settings: pd.Series, value) -> pd.Series:
     return pd.to_numeric(settings, errors="coerce") == target
 
 
+def _of_setting(runs: pd.DataFrame, kind: str, value) -> pd.DataFrame:
+    """The runs of one family (`kind`) at one setting: a grid value, or a comparison row's value."""
+    return runs[(runs.kind == kind) & _is_setting(runs.setting, value)]
+
+
 def _setting_rows(runs: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, object, pd.DataFrame]]:
     """(label, value, runs of that setting) for every setting of a spec in grid order, then its comparison
     rows (value: the ComparisonRow), the LM last."""
     mine = runs[runs.experiment == spec.experiment]
     out = []
     for value in spec.values:
-        rows = mine[(mine.kind == spec.family) & _is_setting(mine.setting, value)]
+        rows = _of_setting(mine, spec.family, value)
         if not rows.empty:
             out.append((spec.setting(value), value, rows))
     for row in spec.compare:   # another family (or a value off the grid) beside it: compared like a setting
-        rows = mine[(mine.kind == row.kind) & _is_setting(mine.setting, row.value)]
+        rows = _of_setting(mine, row.kind, row.value)
         if not rows.empty:
             out.append((row.name, row, rows))
     lm = mine[mine.kind == BASELINE]
@@ -676,8 +681,8 @@ class PaperContext:
             setting = spec.reference_value
         for other in spec.compare:
             if setting == other.name:
-                return runs[(runs.kind == other.kind) & _is_setting(runs.setting, other.value)]
-        return runs[(runs.kind == spec.family) & _is_setting(runs.setting, setting)]
+                return _of_setting(runs, other.kind, other.value)
+        return _of_setting(runs, spec.family, setting)
 
     def value(self, experiment: str, metric: str, setting=None, *, digits: int = 2) -> str:
         """A metric at one setting (None: the LM baseline): the mean over seeds with its 95% t interval,
@@ -1068,9 +1073,8 @@ class PaperContext:
         out = []
         for spec in self.ablations():
             runs = self.all_runs[(self.all_runs.experiment == spec.experiment)]
-            lacking = [spec.setting(v) for v in spec.values
-                       if not _is_setting(runs[runs.kind == spec.family].setting, v).any()]
-            lacking += [c.name for c in spec.compare if not _is_setting(runs[runs.kind == c.kind].setting, c.value).any()]
+            lacking = [spec.setting(v) for v in spec.values if _of_setting(runs, spec.family, v).empty]
+            lacking += [c.name for c in spec.compare if _of_setting(runs, c.kind, c.value).empty]
             if lacking:
                 out.append((spec, lacking))
         return out
