@@ -75,12 +75,25 @@ def _log_likelihood(model, x, z, *, autocast=False) -> Tensor:
     return _upcast(ll)
 
 
+def _log_likelihood_many(model, x, z, *, autocast=False) -> Tensor:
+    """log p(x|z_s) for z (S, B, *event): (S, B). A family whose decoder does part of its work before it reads
+    z shares that part between the S samples through its own `log_likelihood_samples(x, z)`; any other
+    model sees S * B rows, x repeated."""
+    if hasattr(model, "log_likelihood_samples"):
+        with autocast_context(x.device, autocast):
+            ll = model.log_likelihood_samples(x, z)
+        return _upcast(ll)
+    xs = repeat(x, "b ... -> (s b) ...", s=z.shape[0])
+    ll = _log_likelihood(model, xs, rearrange(z, "s b ... -> (s b) ..."), autocast=autocast)
+    return rearrange(ll, "(s b) -> s b", s=z.shape[0])
+
+
 def log_likelihood_samples(model, x: Tensor, z: Tensor, *, chunk_size=None, autocast=False) -> Tensor:
     """log p(x|z_s) for z of shape (S, B, *event): (S, B), float64.
 
-    The S samples go through the model as one batch of S*B rows (x repeated along the batch), at most
-    `chunk_size` (x, z) pairs at a time. If one sample of the whole batch is already more than
-    `chunk_size` pairs, the batch itself is split.
+    The S samples go through the model as one batch of S*B rows (x repeated along the batch, or shared
+    where the family can: `_log_likelihood_many`), at most `chunk_size` (x, z) pairs at a time. If one
+    sample of the whole batch is already more than `chunk_size` pairs, the batch itself is split.
     """
     num_samples, batch = z.shape[:2]
     chunk_size = default(chunk_size, num_samples * batch)
@@ -92,10 +105,7 @@ def log_likelihood_samples(model, x: Tensor, z: Tensor, *, chunk_size=None, auto
         s1 = min(num_samples, s0 + samples_per_chunk)
         for b0 in range(0, batch, rows_per_chunk):
             b1 = min(batch, b0 + rows_per_chunk)
-            xs = repeat(x[b0:b1], "b ... -> (s b) ...", s=s1 - s0)
-            zs = rearrange(z[s0:s1, b0:b1], "s b ... -> (s b) ...")
-            ll = _log_likelihood(model, xs, zs, autocast=autocast)
-            out[s0:s1, b0:b1] = rearrange(ll, "(s b) -> s b", s=s1 - s0).to(out.dtype)
+            out[s0:s1, b0:b1] = _log_likelihood_many(model, x[b0:b1], z[s0:s1, b0:b1], autocast=autocast).to(out.dtype)
     return out
 
 

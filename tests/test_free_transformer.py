@@ -13,7 +13,7 @@ from gptvae.config import ConfigError, ModelConfig, ObjectiveConfig, apply_overr
 from gptvae.data import BOS, EOS, PAD
 from gptvae.families.freetransformer import Model
 from gptvae.latents import NO_LATENT, TokenBits, UniformBits
-from gptvae.metrics import (active_units, importance_weighted_nll, mutual_information_repeated,
+from gptvae.metrics import (active_units, importance_weighted_nll, log_likelihood_samples, mutual_information_repeated,
                             posterior_mean_variance)
 from gptvae.objective import objective
 
@@ -155,6 +155,20 @@ def test_iw_nll_brackets_the_exact_likelihood_by_enumeration():
         one = importance_weighted_nll(ours, x, 1, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(iw, exact, atol=1e-2, rtol=0)   # an untrained encoder: K = 4,000 gets within 0.01
     assert (one.mean() > exact.mean() - 0.1).item()   # a one-sample ELBO sits above -log p(x) on average
+
+
+@pytest.mark.parametrize("change", [{}, {"head_depth": 0}, {"per_token_latents": False}])
+def test_samples_share_the_head_and_equal_one_pass_per_pair(change):
+    ours = model(**change).eval()
+    x = sequences(batch=3, length=8, lengths=[8, 5, 3], seed=4)
+    with torch.no_grad():
+        q = ours.posterior(x)
+        z = q.sample(4, generator=torch.Generator().manual_seed(1))               # (S, B, T), NO_LATENT past the ends
+        shared = ours.log_likelihood_samples(x, z)
+        one_by_one = torch.stack([ours.log_likelihood(x, zs) for zs in z])
+        chunked = log_likelihood_samples(ours, x, z, chunk_size=5)             # the metrics' path, split into chunks
+    torch.testing.assert_close(shared, one_by_one, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked, one_by_one.double(), atol=1e-5, rtol=1e-5)
 
 
 def test_active_bits_count_units_whose_probability_moves_across_sequences():

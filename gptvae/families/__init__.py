@@ -11,7 +11,11 @@ A family module defines
     model.generate(prompts, ...)         continuations; z=, reference= or prior=True choose the latent
     model.examples(reference, ...)       what is worth reading of this family, as gptvae.latents-free Examples
 
-and optionally FREE_BITS_MODES, the objective's floors that make sense for its latent (default: all).
+and optionally
+
+    FREE_BITS_MODES                      the objective's floors that make sense for its latent (default: all)
+    model.log_likelihood_samples(tokens, z)  (S, B) for S latents per sequence, z (S, B, ...), where the family
+                                         can share work that does not read z (default: x repeated S times)
 
 Sequences are `BOS w_1 ... w_n EOS`, right-padded with PAD; the predicted tokens are the words and EOS.
 This file imports no torch: the config reads the registry, and a family is imported only when used.

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import repeat
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from gptvae.config import ConfigError, ModelConfig
@@ -125,14 +125,26 @@ class Model(nn.Module):
         """log p(x|z) per sequence. z=None decodes with no latent (the tail's first block gets nothing).
 
         drop_latent: optional (B,) bool; True decodes that sequence with no latent (latent dropout)."""
-        head = self._head(tokens)
+        return self._tail_log_likelihood(self._head(tokens), tokens[:, 1:], z, drop_latent=drop_latent)
+
+    def log_likelihood_samples(self, tokens: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z_s) for S codes per sequence, z (S, B, T): (S, B). The head reads only x, so it runs once
+        for the B sequences and the tail runs for all S * B (x, z_s) pairs (`gptvae.metrics` uses this)."""
+        num_samples = z.shape[0]
+        head = repeat(self._head(tokens), "b n d -> (s b) n d", s=num_samples)
+        targets = repeat(tokens[:, 1:], "b n -> (s b) n", s=num_samples)
+        ll = self._tail_log_likelihood(head, targets, rearrange(z, "s b ... -> (s b) ..."))
+        return rearrange(ll, "(s b) -> s b", s=num_samples)
+
+    def _tail_log_likelihood(self, head: Tensor, targets: Tensor, z: Tensor | None, *,
+                             drop_latent: Tensor | None = None) -> Tensor:
         condition = None
         if exists(z):
             condition = self.condition(z, head.shape[1])
             if exists(drop_latent):
                 condition = condition * (~drop_latent).to(condition.dtype)[:, None, None]
         hidden = self.net.decoder_tail(head, self_attn_kv_residuals=condition)
-        return sequence_log_prob(hidden, self.net.token_unembed.weight, tokens[:, 1:], ignore_index=PAD)
+        return sequence_log_prob(hidden, self.net.token_unembed.weight, targets, ignore_index=PAD)
 
     def latents(self, batch: int, length: int, *, z: Tensor | None = None, reference: Tensor | None = None,
                 prior: bool = False, generator: torch.Generator | None = None) -> Tensor | None:
