@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("evaluate", help="re-evaluate logged runs from their checkpoints; log into the same runs",
-                       description="Evaluate logged runs again from their checkpoints (which stay on the machine "
-                                   "that trained them), on another split, with another K, in fp32, or as a K "
+                       description="Evaluate logged runs again from their checkpoints (the local one where the run "
+                                   "was trained here, else the weights it logged to the store), on another split, with another K, in fp32, or as a K "
                                    "sweep; the numbers and per-sentence tables are logged into the same runs, "
                                    "never twice. `make results` exports them.",
                        epilog="e.g. python -m gptvae evaluate --experiment ablation-kl-floor --split test "

@@ -17,7 +17,7 @@ from gptvae.data import (BOS, EOS, VALIDATION_SEED, Corpus, Split, collate, corp
                          subset_index, synthetic_exact_nll)
 from gptvae.device import autocast_context, bf16_is_fast, model_device, pick_device
 from gptvae.families import build_model
-from gptvae.files import CHECKPOINT, atomic_write_csv, load_checkpoint
+from gptvae.files import CHECKPOINT, MODEL, MODEL_KEYS, atomic_write_csv, load_checkpoint
 from gptvae.metrics import evaluate_split, iw_nll_curve, latent_probes, posteriors
 from gptvae.tracking import TAG_CHECKPOINT, Tracker, TrackingError
 
@@ -196,21 +196,34 @@ def posterior_means(model, corpus: Corpus) -> pd.DataFrame:
 
 # going back to a logged run
 
+def _logged_weights(run_id: str, tracker: Tracker) -> dict:
+    """A run's state from the store: its checkpoint where the tag says, when this machine has it (the machine
+    that trained it, or one that shares its runs_root), else the weights the run logged as an artifact."""
+    try:
+        tags = tracker.run(run_id).data.tags
+    except Exception as err:
+        raise TrackingError(f"run {run_id!r} is not in the store {tracker.uri} ({type(err).__name__})") from None
+    if TAG_CHECKPOINT not in tags:
+        raise TrackingError(f"run {run_id!r} has no {TAG_CHECKPOINT} tag: it is not a gptvae training run")
+    local = Path(tags[TAG_CHECKPOINT])
+    if local.is_file():
+        return load_checkpoint(local)
+    logged = {a.path for a in tracker.call(tracker.client.list_artifacts, run_id)}
+    if MODEL not in logged:
+        raise TrackingError(f"run {run_id!r}: its checkpoint {local} is not on this machine, and the run logged no "
+                            f"{MODEL} artifact (it is unfinished, or finished before runs logged their weights)")
+    with tempfile.TemporaryDirectory() as folder:
+        return load_checkpoint(tracker.call(tracker.client.download_artifacts, run_id, MODEL, folder), keys=MODEL_KEYS)
+
+
 def load_run(run: str, *, tracker: Tracker | None = None, device=None):
     """(model in eval mode, corpus, config, run_id or None) from an MLflow run id or a run folder."""
     run_id = None
     if Path(run).is_dir():
-        ckpt = Path(run) / CHECKPOINT
+        state = load_checkpoint(Path(run) / CHECKPOINT)
     else:
-        tracker = tracker or Tracker()
-        try:
-            tags = tracker.run(run).data.tags
-        except Exception as err:
-            raise TrackingError(f"run {run!r} is not in the store {tracker.uri} ({type(err).__name__})") from None
-        if TAG_CHECKPOINT not in tags:
-            raise TrackingError(f"run {run!r} has no {TAG_CHECKPOINT} tag: it is not a gptvae training run")
-        ckpt, run_id = Path(tags[TAG_CHECKPOINT]), run
-    state = load_checkpoint(ckpt)
+        run_id = run
+        state = _logged_weights(run, tracker or Tracker())
     cfg = config_from_dict(state["config"])
     device = pick_device(device)
     corpus = load_data(cfg.data)

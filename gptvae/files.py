@@ -22,6 +22,8 @@ from gptvae.errors import CheckpointError, FileWriteError
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_KEYS = frozenset({"step", "model", "optimizer", "scheduler", "rng", "config"})
+MODEL = "model.pt"   # a finished run's weights and config: logged as an artifact, so any machine can load the run
+MODEL_KEYS = frozenset({"model", "config"})
 MAGIC = b"GPTVAE-CHECKPOINT-1\n"
 DIGEST = 32   # sha256 bytes after MAGIC
 
@@ -90,9 +92,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, lambda h: (h.write(MAGIC), h.write(digest), h.write(payload)))
 
 
-def load_checkpoint(path: Path) -> dict:
-    """The state saved by save_checkpoint, after checking its sha256. A file from before checkpoints
-    carried a digest (no MAGIC) is read as it is."""
+def load_checkpoint(path: Path, *, keys=CHECKPOINT_KEYS) -> dict:
+    """The state saved by save_checkpoint, after checking its sha256 and that it holds `keys` (a training
+    checkpoint's, or MODEL_KEYS for a finished run's weights). A file from before checkpoints carried a
+    digest (no MAGIC) is read as it is."""
     import torch
 
     path = Path(path)
@@ -107,7 +110,7 @@ def load_checkpoint(path: Path) -> dict:
         else:
             payload = blob
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        missing = CHECKPOINT_KEYS - set(state)
+        missing = keys - set(state)
         if missing:
             raise ValueError(f"missing entries {sorted(missing)}")
         return state

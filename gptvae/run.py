@@ -34,7 +34,7 @@ from pathlib import Path
 
 from gptvae.config import Config, config_hash
 from gptvae.errors import ClaimLostError
-from gptvae.files import CHECKPOINT, atomic_write_csv, atomic_write_json, atomic_write_text
+from gptvae.files import CHECKPOINT, MODEL, atomic_write_csv, atomic_write_json, atomic_write_text, save_checkpoint
 from gptvae.tracking import (TAG_AUTOCAST, TAG_CHECKPOINT, TAG_CLAIMED_FOR, TAG_DEVICE, TAG_GIT, TAG_HEARTBEAT,
                              TAG_HOLDER, TAG_KIND, TAG_SAME_AS, TAG_THREADS, Tracker)
 
@@ -44,7 +44,7 @@ STALE_SECONDS = 600        # a claim silent for longer is dead (a generous margi
 POLL_SECONDS = 5           # how often a waiting run looks again
 SUMMARY_KEYS = ("valid.neg_elbo", "valid.rec", "valid.kl", "valid.iw_nll_per_token", "valid.mi", "valid.au",
                 "valid.lm_nll_per_token", "train.converged", "time.train_seconds", "time.eval_seconds")
-ARTIFACTS = ("config.json", "samples.txt", "samples.csv", "posterior_means.csv", "checkpoint_path.txt")
+ARTIFACTS = ("config.json", "samples.txt", "samples.csv", "posterior_means.csv", "checkpoint_path.txt", MODEL)
 
 
 @dataclass(frozen=True)
@@ -363,6 +363,9 @@ def _train_and_record(task: RunTask, run_dir: Path, tracker: Tracker, run_id: st
     if not means.empty:   # a model without a latent has none
         atomic_write_csv(run_dir / "posterior_means.csv", means)
     atomic_write_text(run_dir / "checkpoint_path.txt", f"{(run_dir / CHECKPOINT).resolve()}\n")
+    # the weights travel with the run (no optimizer state): evaluate and sample load them on any machine
+    save_checkpoint(run_dir / MODEL, {"config": cfg.to_dict(), "model": trained.model.state_dict(),
+                                      "vocab_size": len(trained.corpus.vocab)})
     for name in (*ARTIFACTS, *tables):
         if (run_dir / name).is_file():
             tracker.log_artifact(run_id, run_dir / name)

@@ -121,6 +121,39 @@ def test_reevaluation_never_replaces_a_runs_own_numbers(tmp_path, monkeypatch, c
     assert {k: len(client.get_metric_history(run_id, k)) for k in again.data.metrics} == before
 
 
+def test_a_run_moved_off_its_machine_loads_its_logged_weights(tmp_path, monkeypatch, capsys):
+    """Runs that can move: with the run folder gone (another machine, a lost disk), evaluate and sample load the
+    weights the run logged to the store, the same weights as its checkpoint; with neither, one clear error."""
+    import torch
+
+    from gptvae.cli import main
+    from gptvae.evaluation import load_run
+    from gptvae.files import CHECKPOINT, load_checkpoint
+    from gptvae.tracking import TAG_CHECKPOINT, Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["train", "--preset", "smoke", "--dataset", "synthetic", "--quiet", "--runs-root",
+                 str(tmp_path / "runs"), *[f"--set={s}" for s in FAST]]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    run_dir = Path(MlflowClient(uri).get_run(run_id).data.tags[TAG_CHECKPOINT]).parent
+    trained = load_checkpoint(run_dir / CHECKPOINT)["model"]
+    run_dir.rename(tmp_path / "elsewhere")
+
+    model, *_ = load_run(run_id, tracker=Tracker(uri))
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, trained[name]), name
+    assert main(["sample", run_id, "--n", "2"]) == 0 and len(capsys.readouterr().out.splitlines()) >= 2
+    assert main(["evaluate", run_id, "--split", "valid", "--iw-samples", "4", "--max-sequences", "8"]) == 0
+    assert "valid_k4_n8.iw_nll" in MlflowClient(uri).get_run(run_id).data.metrics
+
+    MlflowClient(uri).set_tag(run_id, TAG_CHECKPOINT, str(tmp_path / "gone" / CHECKPOINT))
+    client = Tracker(uri)
+    monkeypatch.setattr(client, "call", lambda fn, *a, **k: [] if fn == client.client.list_artifacts else fn(*a, **k))
+    with pytest.raises(Exception, match=r"is not on this machine, and the run logged no model.pt"):
+        load_run(run_id, tracker=client)
+
+
 # bug 3: Ctrl-C with --jobs 2 trained every queued run before exiting
 
 @pytest.mark.slow
