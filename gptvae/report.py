@@ -813,6 +813,49 @@ class PaperContext:
                       column, per_token=PER_TOKEN.get(column, True))
         return Comparison(diff, verdict(diff, margin=MARGIN, higher_is_worse=higher_is_worse))
 
+    def looseness(self, experiment: str, setting) -> dict | None:
+        """How much further the IW-NLL of a setting falls from the tables' K to the K sweep's largest, per token
+        (mean over its runs with a valid K sweep): a lower bound on how far its tabled IW-NLL overstates the NLL.
+        {"fall", "k", "top", "seeds"}, or None where the setting has no K sweep at the tables' K."""
+        rows = self._rows(experiment, setting)
+        ksweep = load_results(self.where["results"])["ksweep"]
+        if rows.empty or ksweep.empty or "valid.iw_samples" not in rows:
+            return None
+        part = ksweep[(ksweep.split == "valid") & ksweep.run_id.isin(set(rows.run_id))]
+        tabled = int(rows["valid.iw_samples"].iloc[0])
+        k = min((int(k) for k in part.K if k >= tabled), default=None)   # from the tables' K, or the next above:
+        if part.empty or k is None or k == int(part.K.max()):            # a smaller fall, so still a lower bound
+            return None
+        top = int(part.K.max())
+        table = part.pivot_table(index="run_id", columns="K", values="iw_nll_per_token")
+        self._cite(rows[rows.run_id.isin(set(part.run_id))])
+        return {"fall": float((table[k] - table[top]).mean()), "k": k, "top": top, "seeds": len(table)}
+
+    def bound_word(self, experiment: str, setting, against="reference") -> str:
+        """The likelihood word of `compare`, with *costs* kept only where the interval's lower end exceeds
+        how much further the setting's bound falls with more samples (its K sweep, where it has one): a
+        cost the bound's looseness could hold is "not resolved (within the bound's looseness)"."""
+        c = self.compare(experiment, setting, against)
+        loose = self.looseness(experiment, setting)
+        if c.word == "costs" and loose is not None and c.interval.low <= loose["fall"]:
+            return "not resolved (within the bound's looseness)"
+        return c.word
+
+    def masked_gain(self, experiment: str, setting) -> Comparison:
+        """For a decoder trained with latent dropout: its exact NLL with the latent slot masked minus its own
+        IW-NLL, paired per seed and sentence (REFERENCE §3, "LM NLL without latent"). IW-NLL bounds the NLL
+        from above, so an interval above 0 shows that z helps the likelihood ("z helps"); below 0, the bound
+        cannot show it ("no gain shown"); else "not resolved"."""
+        rows = self._rows(experiment, setting)
+        self._cite(rows)
+        data = {seed: frame.assign(masked_gain=frame["lm_nll"] - frame["iw_nll"])
+                for seed, frame in _per_seed(rows, self.where["results"], "valid").items()}
+        diff = _paired_column(data, "masked_gain")
+        if diff is None or not_estimable(rows, "valid"):
+            return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), "n/a: not measured")
+        word = "z helps" if diff.low > 0 else "no gain shown" if diff.high < 0 else "not resolved"
+        return Comparison(diff, word)
+
     def change(self, experiment: str, metric: str, setting, against="reference") -> Comparison:
         """A once-per-run metric (MI, AU, a probe) at `setting` minus `against`, paired by seed, with a
         95% t interval over seeds; the word says whether it "rises", "falls" or is "not resolved"."""
@@ -1094,7 +1137,9 @@ class PaperContext:
     def functions(self) -> dict:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const", "span",
-                 "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "change",
+                 "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "bound_word", "looseness",
+                 "masked_gain",
+                 "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
                  "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "closest", "lift", "collapsed",
                  "regimes")

@@ -60,6 +60,8 @@ CONFIG_SECTIONS = ("model", "objective", "data", "train", "eval")   # a run's lo
 RUN_KEY = ["experiment", "kind", "value", "seed"]   # one row of runs.csv per setting and seed
 FROM_EXPORT = "from_export"   # collect_runs' mark on a row it took from the earlier export (never written)
 POSTERIOR_POINTS = 500
+# metrics logged under another name by runs finished before the rename: exported under the current one
+RENAMED = {"decoder_use_per_token": "swap_penalty_per_token"}   # Rec with another sentence's z minus with its own
 
 
 def _as_logged(factor: str, value) -> str:
@@ -137,6 +139,11 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
+    for column in [c for c in frame.columns if c.split(".", 1)[-1] in RENAMED]:
+        prefix, name = column.split(".", 1)
+        current = f"{prefix}.{RENAMED[name]}"
+        frame[current] = frame[current].fillna(frame[column]) if current in frame else frame[column]
+        frame = frame.drop(columns=column)
     frame[FROM_EXPORT] = frame[FROM_EXPORT].fillna(False).astype(bool) if FROM_EXPORT in frame else False
     # one row per setting and seed: a store can hold two children for one (e.g. an LM row planned under an
     # older config hash and again under today's); the first one made stands, as both are the same model
