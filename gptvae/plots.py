@@ -42,7 +42,10 @@ def _by_value(runs: pd.DataFrame, experiment: str, key: str) -> pd.DataFrame:
             rows.append({"value": value, "mean": np.nan, "low": 0.0, "high": 0.0, "count": 0,
                          "missing": int(group.shown.isna().sum() - group[key].isna().sum())})
             continue
-        interval = over_seeds(group.shown, bounds(key))
+        lowest, highest = bounds(key)
+        if key.endswith(".au") and "model.dim_latent" in group and group["model.dim_latent"].notna().all():
+            highest = min(highest, float(group["model.dim_latent"].max()))   # no more active units than dimensions
+        interval = over_seeds(group.shown, (lowest, highest))
         low = 0.0 if np.isnan(interval.low) else interval.estimate - interval.low
         high = 0.0 if np.isnan(interval.high) else interval.high - interval.estimate
         rows.append({"value": value, "mean": interval.estimate, "low": low, "high": high,
