@@ -881,6 +881,27 @@ class PaperContext:
             return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), "n/a: not measured")
         return Comparison(diff, use_word(diff, margin=MARGIN))
 
+    def lm_half_width(self, *, split: str = "valid") -> float:
+        """The narrowest half-width of any setting's interval against the LM (nats/token): a VAE and the LM are
+        different networks at every seed, so each of these intervals carries the spread of training itself,
+        and a *tie* (within ±MARGIN) needs this to be below MARGIN."""
+        widths = [c.interval.high - c.interval.estimate for c in self._against_lm(split)
+                  if not math.isnan(c.interval.high)]
+        return min(widths) if widths else math.nan
+
+    def _against_lm(self, split: str) -> list[Comparison]:
+        out, seen = [], set()
+        for spec in self.study():
+            if self._rows(spec.experiment, None).empty:
+                continue
+            for value in spec.values:
+                rows = self._rows(spec.experiment, value)
+                if rows.empty or frozenset(rows.run_id) in seen:
+                    continue
+                seen.add(frozenset(rows.run_id))
+                out.append(self.compare(spec.experiment, value, "lm", split=split))
+        return out
+
     def against_lm(self, *, split: str = "valid") -> dict[str, list[str]]:
         """Every latent setting of every ablation against the LM baseline of its sweep: word -> settings
         ("kl-floor: λ = 0.1"), a run two sweeps share counted once; unestimable ones under "n/a"."""
@@ -1138,7 +1159,7 @@ class PaperContext:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const", "span",
                  "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "bound_word", "looseness",
-                 "masked_gain",
+                 "masked_gain", "lm_half_width",
                  "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
                  "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "closest", "lift", "collapsed",
