@@ -885,11 +885,13 @@ class PaperContext:
         """The narrowest half-width of any setting's interval against the LM (nats/token): a VAE and the LM are
         different networks at every seed, so each of these intervals carries the spread of training itself,
         and a *tie* (within ±MARGIN) needs this to be below MARGIN."""
-        widths = [c.interval.high - c.interval.estimate for c in self._against_lm(split)
+        widths = [c.interval.high - c.interval.estimate for _, c in self._against_lm(split)
                   if not math.isnan(c.interval.high)]
         return min(widths) if widths else math.nan
 
-    def _against_lm(self, split: str) -> list[Comparison]:
+    def _against_lm(self, split: str) -> list[tuple[str, Comparison]]:
+        """("kl-floor: λ = 0.1", its comparison with the LM) for every latent setting of every ablation, a run
+        two sweeps share counted once."""
         out, seen = [], set()
         for spec in self.study():
             if self._rows(spec.experiment, None).empty:
@@ -899,26 +901,16 @@ class PaperContext:
                 if rows.empty or frozenset(rows.run_id) in seen:
                     continue
                 seen.add(frozenset(rows.run_id))
-                out.append(self.compare(spec.experiment, value, "lm", split=split))
+                out.append((f"{spec.name}: {spec.setting(value)}", self.compare(spec.experiment, value, "lm", split=split)))
         return out
 
     def against_lm(self, *, split: str = "valid") -> dict[str, list[str]]:
         """Every latent setting of every ablation against the LM baseline of its sweep: word -> settings
         ("kl-floor: λ = 0.1"), a run two sweeps share counted once; unestimable ones under "n/a"."""
         out: dict[str, list[str]] = {}
-        seen = set()
-        for spec in self.study():
-            if self._rows(spec.experiment, None).empty:
-                continue
-            for value in spec.values:
-                rows = self._rows(spec.experiment, value)
-                key = frozenset(rows.run_id)
-                if rows.empty or key in seen:
-                    continue
-                seen.add(key)
-                label = f"{spec.name}: {spec.setting(value)}"
-                word = self.compare(spec.experiment, value, "lm", split=split).word
-                out.setdefault("n/a" if word.startswith("n/a") else word, []).append(label)
+        for label, comparison in self._against_lm(split):
+            word = comparison.word
+            out.setdefault("n/a" if word.startswith("n/a") else word, []).append(label)
         return out
 
     def trend(self, experiment: str, metric: str) -> str:
