@@ -139,11 +139,6 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    for column in [c for c in frame.columns if c.split(".", 1)[-1] in RENAMED]:
-        prefix, name = column.split(".", 1)
-        current = f"{prefix}.{RENAMED[name]}"
-        frame[current] = frame[current].fillna(frame[column]) if current in frame else frame[column]
-        frame = frame.drop(columns=column)
     frame[FROM_EXPORT] = frame[FROM_EXPORT].fillna(False).astype(bool) if FROM_EXPORT in frame else False
     # one row per setting and seed: a store can hold two children for one (e.g. an LM row planned under an
     # older config hash and again under today's); the first one made stands, as both are the same model
@@ -271,6 +266,17 @@ def collect_artifacts(tracker: Tracker, runs: pd.DataFrame, *, everything: pd.Da
     return out
 
 
+def current_names(runs: pd.DataFrame) -> pd.DataFrame:
+    """runs.csv with every metric a run logged under an old name (RENAMED) under its current name."""
+    runs = runs.copy()
+    for column in [c for c in runs.columns if c.split(".", 1)[-1] in RENAMED]:
+        prefix, name = column.split(".", 1)
+        current = f"{prefix}.{RENAMED[name]}"
+        runs[current] = runs[current].fillna(runs[column]) if current in runs else runs[column]
+        runs = runs.drop(columns=column)
+    return runs
+
+
 def merge_by_run(old: pd.DataFrame | None, new: pd.DataFrame, *, key=None) -> pd.DataFrame:
     """`new`, plus the rows of `old` whose run the new export does not hold.
 
@@ -334,7 +340,7 @@ def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, prese
                                   f"{f' for preset {preset}' if preset else ''}: run a sweep first, "
                                   "e.g. `make ablation-kl-floor`")
     held = set(stored.run_id[~stored.pop(FROM_EXPORT)])   # runs whose artifacts this store holds
-    runs = merge_by_run(old.get("runs.csv"), stored, key=RUN_KEY)
+    runs = current_names(merge_by_run(old.get("runs.csv"), stored, key=RUN_KEY))
     _check_one_config_per_setting(runs, out)
     runs = runs.sort_values(["experiment", "kind", "value", "seed"], ascending=[True, False, True, True],
                             na_position="last").reset_index(drop=True)

@@ -122,6 +122,9 @@ class Tracker:
         check_uri(self.uri)
         db = _sqlite_path(self.uri)
         self._lock_path = db.with_name(db.name + ".lock") if db else None
+        # a SQLite store keeps its artifacts beside the database, not under whatever folder the process that
+        # created the experiment ran in (MLflow's default, ./mlruns: deleting that folder loses them)
+        self._artifacts = (db.resolve().parent / "mlruns").as_uri() if db else None
         fresh_lock = self._lock_path is not None and not self._lock_path.exists()
         try:
             self.client = self.call(MlflowClient, tracking_uri=self.uri)   # under the lock: the schema must not race
@@ -167,7 +170,8 @@ class Tracker:
     def experiment_id(self, name: str) -> str:
         def get_or_create():
             found = self.client.get_experiment_by_name(name)
-            return found.experiment_id if found else self.client.create_experiment(name)
+            return found.experiment_id if found else self.client.create_experiment(name, artifact_location=(
+                f"{self._artifacts}/{name}" if self._artifacts else None))
 
         return self.call(get_or_create)
 

@@ -105,6 +105,17 @@ def test_sweep_logs_parent_children_curves_and_skips_on_rerun(tmp_path):
     assert len(client.search_runs([exp.experiment_id])) == 4
 
 
+def test_a_sqlite_stores_artifacts_live_beside_it_whatever_the_working_folder(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)   # MLflow's default would put them in ./mlruns here
+    (tmp_path / "store").mkdir()
+    tracker = Tracker(f"sqlite:///{tmp_path}/store/mlflow.db")
+    exp = tracker.client.get_experiment(tracker.experiment_id("ablation-x"))
+    assert exp.artifact_location == (tmp_path / "store" / "mlruns" / "ablation-x").as_uri()
+    assert not (elsewhere / "mlruns").exists()
+
+
 def test_two_sweeps_at_once_on_one_sqlite_store(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     sets = [f"--set={s}" for s in FAST]
