@@ -705,6 +705,14 @@ class PaperContext:
         rows = self._rows(experiment, setting) if experiment in self.specs or setting is None else pd.DataFrame()
         return not rows.empty and metric in rows and rows[metric].notna().any()
 
+    def setting_const(self, experiment: str, setting, key: str):
+        """A config value every run of one setting logged (e.g. a schedule's 'objective.cycles')."""
+        values = self._rows(experiment, setting)[key].dropna().unique()
+        if len(values) != 1:
+            raise KeyError(f"{experiment}: the runs of {setting!r} logged {key} as {sorted(map(str, values))}")
+        value = values[0]
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
     def const(self, key: str, experiment: str | None = None, *, kind: str | None = "vae"):
         """A setup constant from the runs' logged configs (e.g. 'model.dim', 'train.steps'): the one value
         every run of that kind (in that experiment) logged; two values are an error, never a guess."""
@@ -1151,7 +1159,7 @@ class PaperContext:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const", "span",
                  "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "bound_word", "looseness",
-                 "masked_gain", "lm_half_width",
+                 "masked_gain", "lm_half_width", "setting_const",
                  "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
                  "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "closest", "lift", "collapsed",
