@@ -44,7 +44,8 @@ def _by_value(runs: pd.DataFrame, experiment: str, key: str) -> pd.DataFrame:
             continue
         lowest, highest = bounds(key)
         if key.endswith(".au") and "model.dim_latent" in group and group["model.dim_latent"].notna().all():
-            highest = min(highest, float(group["model.dim_latent"].max()))   # no more active units than dimensions
+            # no more active units than dimensions (nor below what a run reported, were its D not its own)
+            highest = min(highest, max(float(group["model.dim_latent"].max()), float(group.shown.max())))
         interval = over_seeds(group.shown, (lowest, highest))
         low = 0.0 if np.isnan(interval.low) else interval.estimate - interval.low
         high = 0.0 if np.isnan(interval.high) else interval.high - interval.estimate
