@@ -630,7 +630,7 @@ class PaperContext:
     def __init__(self, where: dict[str, Path], out_dir: Path):
         self.where, self.out_dir = where, out_dir
         results = load_results(where["results"])
-        self.all_runs, self.history = results["runs"], results["history"]
+        self.all_runs, self.history, self.ksweep = results["runs"], results["history"], results["ksweep"]
         self.specs = specs(where)
         # the study the paper's setup, verdicts and K sweeps describe: GPTVAE's ablations on the preset's corpus.
         # Another family's or another corpus's sweep (the Free Transformer's κ) is read by its experiment only
@@ -826,7 +826,7 @@ class PaperContext:
         (mean over its runs with a valid K sweep): a lower bound on how far its tabled IW-NLL overstates the NLL.
         {"fall", "k", "top", "seeds"}, or None where the setting has no K sweep at the tables' K."""
         rows = self._rows(experiment, setting)
-        ksweep = load_results(self.where["results"])["ksweep"]
+        ksweep = self.ksweep
         if rows.empty or ksweep.empty or "valid.iw_samples" not in rows:
             return None
         part = ksweep[(ksweep.split == "valid") & ksweep.run_id.isin(set(rows.run_id))]
@@ -974,8 +974,7 @@ class PaperContext:
     def k_decade(self) -> tuple[float, float, int, int] | None:
         """How far the IW-NLL of the latent-using settings with a K sweep still falls over the sweep's last
         decade of K: (smallest, largest) fall in nats/token, and that decade's ends; None without a sweep."""
-        res = load_results(self.where["results"])
-        ksweep = res["ksweep"]
+        ksweep = self.ksweep
         if ksweep.empty or (ksweep := ksweep[ksweep.split == "valid"]).empty:
             return None
         summary, grid = ksweep_summary(ksweep, ksweep_labels(self.runs, ksweep, self.where))
