@@ -9,6 +9,7 @@ PY           := $(VENV)/bin/python
 # The pinned version is the offline CPU build on the project machines and the CUDA build elsewhere on Linux.
 TORCH_SPEC   ?= torch==2.13.0
 STAMP        := $(VENV)/.installed
+CLUSTER_STAMP := $(VENV)/.installed-cluster
 
 PRESET       ?= cpu
 DATASET      ?=
@@ -36,7 +37,7 @@ SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) $(if $(DATASET),--dataset $(DAT
         $(if $(PLAN),--plan)
 
 .DEFAULT_GOAL := help
-.PHONY: help env test bench data ablations mlflow-ui evaluations results figures paper clean
+.PHONY: help env test bench data ablations mlflow-ui mlflow-server evaluations results figures paper clean
 
 help:  ## list the targets
 	@grep -E '^[a-z][a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 26
@@ -49,9 +50,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
+# Ray, the optional extra: installed when a target needs it (EXECUTOR=ray, the tests of the Ray executor)
+$(CLUSTER_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,cluster]"
+	@touch $@
+
 env: $(STAMP)  ## create .venv and install the project (runs automatically)
 
-test: $(STAMP)  ## run the test suite (real corpora tests need GPTVAE_DATA_DIR)
+test: $(STAMP) $(CLUSTER_STAMP)  ## run the test suite (real corpora tests need GPTVAE_DATA_DIR)
 	$(PY) -m pytest
 
 bench: $(STAMP)  ## benchmarks: print speed ratios (not tests)
@@ -60,13 +66,21 @@ bench: $(STAMP)  ## benchmarks: print speed ratios (not tests)
 data: $(STAMP)  ## describe a dataset: splits, vocabulary, token counts (DATASET=...)
 	$(PY) -m gptvae data $(or $(DATASET),yelp)
 
-ablation-%: $(STAMP)  ## sweep experiments/<name>.toml (PRESET DATASET SEEDS JOBS EXECUTOR SET="k=v ..." PLAN=1)
+ablation-%: $(STAMP) $(if $(filter ray,$(EXECUTOR)),$(CLUSTER_STAMP))  ## sweep experiments/<name>.toml (PRESET DATASET SEEDS JOBS EXECUTOR SET="k=v ..." PLAN=1)
 	$(SWEEP) $(EXPERIMENTS)/$(subst -,_,$*).toml
 
 ablations: $(ABLATIONS)  ## every spec in experiments/, one after another
 
 mlflow-ui: $(STAMP)  ## serve the MLflow UI for the store (MLFLOW_TRACKING_URI, PORT=5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $${PORT:-5000}
+
+# the tracking server every worker of a cluster logs to (MLFLOW_TRACKING_URI=http://HOST:PORT); artifacts are
+# uploaded through it (--serve-artifacts), so workers need no shared file system for them
+SERVER_STORE ?= sqlite:///mlflow-server.db
+SERVER_ARTIFACTS ?= mlartifacts
+mlflow-server: $(STAMP)  ## a tracking server for clusters (SERVER_STORE, SERVER_ARTIFACTS, HOST=127.0.0.1, PORT=5000)
+	$(VENV)/bin/mlflow server --backend-store-uri "$(SERVER_STORE)" --serve-artifacts \
+	    --artifacts-destination "$(SERVER_ARTIFACTS)" --host $${HOST:-127.0.0.1} --port $${PORT:-5000} --workers 2
 
 evaluations: $(STAMP)  ## on the machine that trained the runs: what the specs' [evaluations] ask (all of valid, test, K sweeps, fp32)
 	$(PY) -m gptvae evaluate --specs $(EXPERIMENTS) --preset $(PRESET) $(if $(DATASET),--dataset $(DATASET)) $(foreach item,$(SET),--set $(item))

@@ -207,8 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print every planned run (name, seed, config hash) and whether it is finished, a link "
                         "or still to train; train nothing")
     p.add_argument("--executor", default=None, choices=sorted(EXECUTORS),
-                   help="how runs are carried out (default: serial for --jobs 1, pool for more)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each with cores/jobs threads")
+                   help="how runs are carried out (default: serial for --jobs 1, pool for more; ray: a Ray task "
+                        "per run on the cluster at RAY_ADDRESS, or on a local Ray when it is unset)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each with cores/jobs threads; with "
+                   "--executor ray, the CPUs each run reserves (the cluster decides how many run at once)")
     p.add_argument("--runs-root", default="runs", help="where checkpoints go (default: runs/)")
     p.add_argument("--results", default=None,
                    help="an export folder (make passes paper/results/<preset>): runs already exported there are "

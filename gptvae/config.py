@@ -227,6 +227,8 @@ class Config:
         return {f"{s}.{k}": v for s, sub in self.to_dict().items() for k, v in sub.items()}
 
 
+GPU_PRESETS = {"gpu": 1}   # GPUs a run of these presets needs (the Ray executor reserves them); others: none
+
 # Presets: overrides on top of the defaults above.
 # smoke: seconds, for tests. cpu: a real ~3 minute run on 2 cores. gpu: paper scale.
 PRESETS: dict[str, dict[str, object]] = {

@@ -36,3 +36,7 @@ class FileWriteError(GptvaeError, OSError):
 
 class ClaimLostError(GptvaeError, RuntimeError):
     """Another process took over a setting this process was training (its claim went stale)."""
+
+
+class ClusterError(GptvaeError, RuntimeError):
+    """The Ray executor cannot run: Ray is not installed, or the cluster cannot be reached."""

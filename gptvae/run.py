@@ -73,6 +73,7 @@ class RunTask:
     runs_root: str              # checkpoints go to <runs_root>/<experiment>/<hash>-seed<N>/
     tracking_uri: str
     threads: int | None = None  # torch intra-op threads for this run (None: torch's choice)
+    gpus: int = 0               # GPUs the run needs (its preset's); an executor that places runs reserves them
     progress: bool = True
 
 

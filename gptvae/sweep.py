@@ -21,7 +21,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gptvae.config import DATASETS, Config, ConfigError, ObjectiveConfig, apply_overrides, config_hash, parse_overrides, preset
+from gptvae.config import DATASETS, GPU_PRESETS, Config, ConfigError, ObjectiveConfig, apply_overrides, config_hash, parse_overrides, preset
 from gptvae.families import BASELINE
 from gptvae.run import SUMMARY_KEYS, PlannedRun, RunTask, run_dir_for
 from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_KIND, TAG_NOTE, TAG_PRESET, TAG_SAME_AS,
@@ -306,7 +306,8 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
         skipped.append({"name": run.name, "kind": run.kind, "value": run.value, "seed": run.seed,
                         "run_id": source, "status": f"linked to {source[:8]} (exported by another sweep)"})
     tasks = [RunTask(run=run, experiment=spec.experiment, parent_id=parent_id, runs_root=str(runs_root),
-                     tracking_uri=tracker.uri, progress=progress) for run in runs_to_do]
+                     tracking_uri=tracker.uri, progress=progress, gpus=GPU_PRESETS.get(preset_name, 0))
+             for run in runs_to_do]
 
     rows: list[dict] = list(skipped)
     outcomes = chosen.run(tasks)

@@ -21,6 +21,7 @@ from gptvae.cores import usable_cores
 EXECUTORS = {
     "serial": "gptvae.executors.serial",   # one run after another, in this process
     "pool": "gptvae.executors.pool",       # `jobs` runs at once in local worker processes
+    "ray": "gptvae.executors.on_ray",      # a Ray task per run (RAY_ADDRESS or a local Ray), `jobs` CPUs each
 }
 
 
