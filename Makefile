@@ -16,6 +16,7 @@ DATASET      ?=
 SEEDS        ?= 0
 JOBS         ?= 1
 EXECUTOR     ?=
+RUNS_ROOT    ?= runs
 SET          ?=
 PLAN         ?=
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
@@ -33,7 +34,7 @@ TABLES       ?= paper/tables/$(PRESET)
 NOTEBOOKS    ?= analysis/executed/$(PRESET)
 
 SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) $(if $(DATASET),--dataset $(DATASET)) --seeds "$(SEEDS)" --jobs $(JOBS) \
-        --results $(RESULTS) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(foreach item,$(SET),--set $(item)) \
+        --runs-root $(RUNS_ROOT) --results $(RESULTS) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(foreach item,$(SET),--set $(item)) \
         $(if $(PLAN),--plan)
 
 .DEFAULT_GOAL := help

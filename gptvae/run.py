@@ -36,7 +36,7 @@ from gptvae.config import Config, config_hash
 from gptvae.errors import ClaimLostError
 from gptvae.files import CHECKPOINT, MODEL, atomic_write_csv, atomic_write_json, atomic_write_text, save_checkpoint
 from gptvae.tracking import (TAG_AUTOCAST, TAG_CHECKPOINT, TAG_CLAIMED_FOR, TAG_DEVICE, TAG_GIT, TAG_HEARTBEAT,
-                             TAG_HOLDER, TAG_KIND, TAG_SAME_AS, TAG_THREADS, Tracker)
+                             TAG_HOLDER, TAG_KIND, TAG_NODE, TAG_SAME_AS, TAG_THREADS, TAG_WORKER, Tracker)
 
 RESULT = "result.json"
 HEARTBEAT_SECONDS = 30     # how often a claim's holder says it is alive
@@ -75,6 +75,7 @@ class RunTask:
     threads: int | None = None  # torch intra-op threads for this run (None: torch's choice)
     gpus: int = 0               # GPUs the run needs (its preset's); an executor that places runs reserves them
     progress: bool = True
+    node: str = ""              # the cluster node it trains on, where an executor places runs (Ray's node id)
 
 
 def run_dir_for(root: str | Path, experiment: str, cfg: Config) -> Path:
@@ -99,8 +100,9 @@ class RunLogger:
     points in batches at each flush. A step already in the store (a resumed run) is never written again."""
 
     def __init__(self, tracker: Tracker, run_id: str, *, cfg: Config, checkpoint: Path,
-                 progress_key: str = "train/loss", claim: "Claim | None" = None):
+                 progress_key: str = "train/loss", claim: "Claim | None" = None, node: str = ""):
         self.tracker, self.run_id, self.cfg, self.checkpoint = tracker, run_id, cfg, checkpoint
+        self.node = node
         self.claim = claim
         self.progress_key = progress_key
         self.buffer: list[tuple[str, float, int]] = []
@@ -118,7 +120,9 @@ class RunLogger:
                                               **corpus_params(corpus, batch_tokens=self.cfg.train.batch_tokens)})
         self.tracker.set_tags(self.run_id, {TAG_GIT: git_commit(), TAG_DEVICE: device.type, TAG_AUTOCAST: autocast,
                                             TAG_THREADS: torch.get_num_threads(),
-                                            TAG_CHECKPOINT: str(self.checkpoint.resolve())})
+                                            TAG_CHECKPOINT: str(self.checkpoint.resolve()),
+                                            TAG_WORKER: f"{socket.gethostname()}:{os.getpid()}",
+                                            **({TAG_NODE: self.node} if self.node else {})})
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if step > self.logged_through:
@@ -300,7 +304,8 @@ def execute(task: RunTask, *, tracker: Tracker | None = None, stop_after: int | 
         run_dir = run_dir_for(task.runs_root, task.experiment, cfg)
         try:
             tracker.set_status(run_id, "RUNNING")
-            logger = RunLogger(tracker, run_id, cfg=cfg, checkpoint=run_dir / CHECKPOINT, claim=claim)
+            logger = RunLogger(tracker, run_id, cfg=cfg, checkpoint=run_dir / CHECKPOINT, claim=claim,
+                               node=task.node)
             from gptvae.cores import core_share   # torch: only where training happens
 
             with core_share(task.threads):

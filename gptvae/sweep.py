@@ -274,7 +274,7 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
     from tqdm.auto import tqdm
 
     from gptvae.data import check_available
-    from gptvae.executors import get_executor
+    from gptvae.executors import check_executor, get_executor
 
     # everything that can be checked is checked before the store is touched
     runs = plan_runs(spec, preset_name=preset_name, dataset=dataset, seeds=seeds, overrides=overrides)
@@ -286,9 +286,11 @@ def run_sweep(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
     elsewhere = exported_runs(results)   # trained by another sweep in an earlier piece: linked, not retrained
     shared = [run for run in runs_to_do if (run.config_hash, run.seed) in elsewhere]
     runs_to_do = [run for run in runs_to_do if (run.config_hash, run.seed) not in elsewhere]
-    chosen = get_executor(executor or ("serial" if jobs <= 1 else "pool"), jobs=jobs)
+    executor = executor or ("serial" if jobs <= 1 else "pool")
+    check_executor(executor, jobs=jobs)
     check_available(runs[0].cfg.data)
     tracker = tracker or Tracker()
+    chosen = get_executor(executor, jobs=jobs)   # a cluster is reached before anything is logged
     dataset = runs[0].cfg.data.dataset
     exp_id = tracker.experiment_id(spec.experiment)
     parent_id = tracker.parent_run(exp_id, sweep_key(spec, preset_name, dataset, overrides),

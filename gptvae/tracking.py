@@ -34,6 +34,8 @@ TAG_GIT = "gptvae.git_commit"          # a trained run: the commit it ran from, 
 TAG_DEVICE = "gptvae.device"
 TAG_AUTOCAST = "gptvae.autocast"
 TAG_THREADS = "gptvae.threads"         # a trained run: torch threads it trained with (its numbers are exact per count)
+TAG_WORKER = "gptvae.worker"           # a trained run: "<host>:<pid>" of the process that trained it last
+TAG_NODE = "gptvae.node"               # a trained run on a cluster: the node it trained on last (Ray's node id)
 TAG_SWEEP = "gptvae.sweep_key"         # a parent: spec | preset | dataset | overrides
 TAG_FACTOR = "gptvae.factor"           # a parent: the config key its sweep varies
 TAG_VALUES = "gptvae.values"           # a parent: its spec's grid, as JSON (names of a categorical factor in order)
@@ -84,7 +86,7 @@ def check_uri(uri: str, *, timeout: float = 5.0) -> None:
         except (urllib.error.URLError, OSError, ValueError) as err:
             raise TrackingError(
                 f"tracking server {uri!r} is unreachable ({getattr(err, 'reason', err)}); start it "
-                f"(`make mlflow-ui`) or unset MLFLOW_TRACKING_URI to use the local {DEFAULT_URI}"
+                f"(`make mlflow-server`) or unset MLFLOW_TRACKING_URI to use the local {DEFAULT_URI}"
             ) from None
     elif scheme in ("", "file"):
         pass

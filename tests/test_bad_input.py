@@ -78,7 +78,7 @@ CASES = {
     "repeated seed": (["sweep", FLOOR, "--seeds", "1 1"], "allowed: distinct integers >= 0"),
     "no jobs": (["sweep", FLOOR, "--preset", "smoke", "--jobs", "0"], "--jobs=0 is invalid; allowed: an integer >= 1"),
     "negative jobs": (["sweep", FLOOR, "--preset", "smoke", "--jobs", "-1"], "--jobs=-1 is invalid"),
-    "unknown executor": (["sweep", FLOOR, "--executor", "ray"], "argument --executor: invalid choice: 'ray'"),
+    "unknown executor": (["sweep", FLOOR, "--executor", "slurm"], "argument --executor: invalid choice: 'slurm'"),
     "override of the swept factor": (["sweep", FLOOR, "--preset", "smoke", "--set", "objective.free_bits=0.5"],
                                      "overrides the factor this sweep varies (kl-floor: 0, 0.05"),
     # evaluating and sampling

@@ -25,9 +25,15 @@ EXECUTORS = {
 }
 
 
-def get_executor(name: str, *, jobs: int = 1):
+def check_executor(name: str, *, jobs: int = 1) -> None:
+    """One clear error for an executor that cannot be made, before anything is opened."""
     require(name in EXECUTORS, "--executor", name, ", ".join(EXECUTORS))
     require(isinstance(jobs, int) and jobs >= 1, "--jobs", jobs, "an integer >= 1")
+
+
+def get_executor(name: str, *, jobs: int = 1):
+    """The executor, ready: one that needs a cluster has reached it (or raised ClusterError)."""
+    check_executor(name, jobs=jobs)
     return importlib.import_module(EXECUTORS[name]).Executor(jobs=jobs)
 
 
