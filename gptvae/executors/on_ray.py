@@ -110,8 +110,9 @@ class Executor:
                     done, pending = ray.wait(pending, num_returns=1)
                     try:
                         yield ray.get(done[0])
-                    except ray.exceptions.RayTaskError as err:   # the run's own exception, raised here
-                        raise err.as_instanceof_cause() from None
+                    except ray.exceptions.RayTaskError as err:   # the run's own exception, raised here as itself
+                        cause = getattr(err, "cause", None)
+                        raise (cause if isinstance(cause, BaseException) else err.as_instanceof_cause()) from None
                     except ray.exceptions.WorkerCrashedError:
                         raise ClusterError(f"a run's worker died {MAX_RETRIES + 1} times; the runs still in the "
                                            "sweep were cancelled; run the same command again to resume") from None
