@@ -28,6 +28,9 @@ from test_faults import FAST, TIMED, assert_logged_once, children, histories, wr
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent   # the mlflow and ray commands of this environment
 NODE_MEMORY = str(100 * 2**20)      # each node's object store: runs pass a few KB, not the default 30% of RAM
+# the cluster and its drivers agree on authentication whatever ~/.ray holds (a token there, left by any local
+# ray.init, turns it on for `ray start` clusters, and a driver without RAY_AUTH_MODE=token is then refused)
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def free_port() -> int:
@@ -77,7 +80,7 @@ def cluster():
     """A head and a second node on this machine, one CPU each; torn down by killing exactly their processes."""
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))   # short: Ray's socket paths are capped at 107 bytes
     port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **RAY_ENV}
     node = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--object-store-memory", NODE_MEMORY,
             "--disable-usage-stats"]
 
@@ -98,7 +101,7 @@ def cluster():
 
 
 def gptvae(*args, uri: str, address: str, cwd=None) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": address}
+    env = {**os.environ, **RAY_ENV, "MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": address}
     return subprocess.Popen([sys.executable, "-m", "gptvae", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
