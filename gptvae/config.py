@@ -163,6 +163,10 @@ class TrainConfig:
                                      # less than `tolerance` on the best before them; 0 trains all `steps`
                                      # and leaves convergence unjudged
     tolerance: float = 0.0           # nats per token: the improvement that still counts as learning
+    plateau_floored: bool = False    # judge the plateau on the objective as trained, its KL floored (True), or
+                                     # without the floor (False: every run before 2026-12-03). With a large floor
+                                     # the unfloored bound rises while KL fills the free budget, and a rise
+                                     # passed for a plateau
 
     def validate(self) -> None:
         _check_fields("train", self, {

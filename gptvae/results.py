@@ -376,8 +376,24 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame]:
     frames = {name.removesuffix(".csv"): read_csv(folder / name) for name in FILES}
     for name in OPTIONAL:
         frames[name.removesuffix(".csv")] = read_csv(folder / name) if (folder / name).is_file() else pd.DataFrame()
-    frames["runs"] = widest_evaluations(frames["runs"])
+    frames["runs"] = no_rise_for_a_plateau(widest_evaluations(frames["runs"]))
     return frames
+
+
+def no_rise_for_a_plateau(runs: pd.DataFrame) -> pd.DataFrame:
+    """runs with train.converged = 0 where the plateau rule stopped a run whose objective was rising: it reads
+    "improved by less than the tolerance", which a rise of any size passes (a bound climbing while KL fills a
+    large floor). Such a run stopped moving toward nothing; it is a snapshot. train.rising says which."""
+    needed = {"train.converged", "train.plateau_improvement", "train.tolerance"}
+    if not needed <= set(runs):
+        return runs
+    rising = (runs["train.converged"] == 1) & (
+        pd.to_numeric(runs["train.plateau_improvement"], errors="coerce")
+        < -pd.to_numeric(runs["train.tolerance"], errors="coerce"))
+    runs = runs.copy()
+    runs.loc[rising, "train.converged"] = 0.0
+    runs["train.rising"] = rising.astype(float)
+    return runs
 
 
 def widest_evaluations(runs: pd.DataFrame, splits=("valid", "test"), *, by: str = "experiment") -> pd.DataFrame:

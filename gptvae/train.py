@@ -84,12 +84,12 @@ def train_step(model, optimizer, scheduler, x: torch.Tensor, cfg: Config, *, bet
 @torch.no_grad()
 def validate(model, split: Split, cfg: Config, *, device, autocast: bool) -> dict[str, float]:
     """Rec, KL, -ELBO (per sequence), the bound per token, AU, and what the plateau test reads: the
-    objective the run's KL weight defines, (Rec + beta KL) / tokens without its floor, on the fixed
-    validation subset. At beta = 1 that is the bound itself; at beta < 1 the bound can stall while the
+    objective the run's KL weight defines, (Rec + beta KL) / tokens without its floor, or with it
+    (train.plateau_floored: as the gradient sees it), on the fixed validation subset. At beta = 1 that is the bound itself; at beta < 1 the bound can stall while the
     run still trades distortion for rate, so a plateau of the bound is not the end of training."""
     was_training = model.training
     model.eval()
-    rec = kl = 0.0
+    rec = kl = kl_floored = 0.0
     tokens = 0
     means = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -100,13 +100,15 @@ def validate(model, split: Split, cfg: Config, *, device, autocast: bool) -> dic
                 terms = objective(model, x, cfg.objective, beta=1.0)
             rec += float(terms.rec)
             kl += float(terms.kl)
+            kl_floored += float(terms.kl_floored)
             tokens += terms.tokens
             means.append(model.posterior(x).to("cpu", torch.float32))   # fp32, outside autocast: AU is a threshold
     model.train(was_training)
     n = len(split)
     out = {"val/rec": rec / n, "val/kl": kl / n, "val/neg_elbo": (rec + kl) / n,
            "val/nll_bound_per_token": (rec + kl) / tokens,
-           "val/objective_per_token": (rec + cfg.objective.beta * kl) / tokens}
+           "val/objective_per_token": (rec + cfg.objective.beta * kl) / tokens,
+           "val/trained_objective_per_token": (rec + cfg.objective.beta * kl_floored) / tokens}
     mean = type(means[0]).cat(means).mean   # rows of different lengths line up (a per-token latent)
     if mean.shape[-1] > 0:   # active units need a latent
         out["val/au"] = float(active_units(mean))
@@ -296,7 +298,8 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
         if done % cfg.train.eval_every == 0 or done == steps:
             val = validate(model, val_subset, cfg, device=device, autocast=use_autocast)
             if done >= settled:   # judged only once beta has its final value
-                bounds.append(val["val/objective_per_token"])
+                bounds.append(val["val/trained_objective_per_token" if cfg.train.plateau_floored
+                                  else "val/objective_per_token"])
             on_plateau, improvement = plateau(bounds, patience=cfg.train.patience, tolerance=cfg.train.tolerance)
             if on_plateau is not None:
                 val["val/plateau_improvement"] = improvement
