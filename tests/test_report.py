@@ -108,6 +108,21 @@ def test_notebook_runs_headlessly_and_paper_cites_exported_runs(exported, tmp_pa
     assert "<table>" in html.read_text() and "{{" not in text
 
 
+def test_a_run_stopped_on_a_rise_is_a_snapshot():
+    """The old plateau rule passed a rise of any size for a plateau; such a run is not converged."""
+    import pandas as pd
+
+    from gptvae.results import no_rise_for_a_plateau
+
+    runs = pd.DataFrame({"train.converged": [1.0, 1.0, 1.0, 0.0, float("nan")],
+                         "train.plateau_improvement": [0.004, -0.005, -2.6, 0.3, float("nan")],
+                         "train.tolerance": [0.01] * 5})
+    out = no_rise_for_a_plateau(runs)
+    assert out["train.converged"].tolist()[:4] == [1.0, 1.0, 0.0, 0.0]   # a fall within the tolerance is flat
+    assert out["train.rising"].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert runs["train.converged"].tolist()[:3] == [1.0, 1.0, 1.0]        # the input is left alone
+
+
 def test_missing_results_name_the_make_target(tmp_path):
     with pytest.raises(ResultsMissingError, match="make results"):
         load_results(tmp_path)

@@ -80,6 +80,25 @@ def test_the_plateau_reads_the_objective_the_kl_weight_defines(tmp_path):
     assert at_one["val/objective_per_token"] == pytest.approx(at_one["val/nll_bound_per_token"])
 
 
+def test_a_floored_plateau_reads_the_objective_as_trained(tmp_path):
+    """train.plateau_floored: the plateau reads (Rec + beta max(KL, floor)) / tokens, what the gradient sees,
+    not the unfloored objective that climbs while KL fills a large floor for free."""
+    from gptvae.data import VALIDATION_SEED, subset
+    from gptvae.train import validate
+
+    cfg = smoke(**{"objective.free_bits": 50.0, "objective.free_bits_mode": "total", "train.patience": 1,
+                   "train.tolerance": 0.0, "train.plateau_floored": True})
+    trained = train(cfg, run_dir=tmp_path, progress=False)
+    split = subset(trained.corpus.splits["valid"], cfg.train.val_sequences, seed=VALIDATION_SEED)
+    val = validate(trained.model, split, cfg, device=trained.device, autocast=trained.autocast)
+    tokens = (val["val/rec"] + val["val/kl"]) * len(split) / val["val/nll_bound_per_token"]
+    # KL stays far below a floor of 50 nats a sequence: the floored objective pays the floor, not KL
+    assert val["val/kl"] < 50.0
+    assert val["val/trained_objective_per_token"] == pytest.approx((val["val/rec"] + 50.0) * len(split) / tokens)
+    assert trained.bounds[-1] == pytest.approx(val["val/trained_objective_per_token"], rel=1e-6)
+    assert trained.bounds[-1] > val["val/objective_per_token"]
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     cfg = smoke()
     whole = train(cfg, run_dir=tmp_path / "whole", progress=False)
