@@ -69,6 +69,21 @@ def assert_logged_once(uri: str, run) -> None:
         assert len(steps) == len(set(steps)), f"{run.info.run_name}: {key} logged twice at a step: {steps}"
 
 
+def assert_as_uninterrupted(uri: str, reference_uri: str, experiment: str, *, runs: int) -> None:
+    """Every child of `experiment` in the store at `uri` is FINISHED, none is lost or there twice, no step is
+    logged twice, and every point of every curve and final metric is bitwise the reference sweep's."""
+    got = {r.info.run_name: r for r in children(uri, experiment)}
+    want = {r.info.run_name: r for r in children(reference_uri, experiment)}
+    assert got.keys() == want.keys() and len(got) == runs                    # none lost, none twice
+    for name, run in got.items():
+        assert run.info.status == "FINISHED", name
+        assert_logged_once(uri, run)
+        mine, theirs = histories(uri, run), histories(reference_uri, want[name])
+        assert mine.keys() == theirs.keys(), name
+        for key in mine.keys() - TIMED:
+            assert mine[key] == theirs[key], (name, key)                     # bitwise, every point
+
+
 # bug 1: final metrics logged twice after a kill between them and FINISHED
 
 def test_a_kill_after_the_final_metrics_logs_nothing_twice(tmp_path):
@@ -208,16 +223,7 @@ def test_random_kills_lose_nothing_and_log_nothing_twice(tmp_path):
     _, err = done.communicate(timeout=600)
     assert done.returncode == 0, err[-2000:]
 
-    got = {r.info.run_name: r for r in children(uri, "ablation-floor")}
-    want = {r.info.run_name: r for r in children(reference_uri, "ablation-floor")}
-    assert got.keys() == want.keys() and len(got) == 3                       # none lost, none twice
-    for name, run in got.items():
-        assert run.info.status == "FINISHED", name
-        assert_logged_once(uri, run)
-        mine, theirs = histories(uri, run), histories(reference_uri, want[name])
-        assert mine.keys() == theirs.keys(), name
-        for key in mine.keys() - TIMED:
-            assert mine[key] == theirs[key], (name, key)                     # bitwise, every point
+    assert_as_uninterrupted(uri, reference_uri, "ablation-floor", runs=3)
 
 
 # load: two sweeps that share a setting, started together
