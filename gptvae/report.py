@@ -319,6 +319,8 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
         data = _per_seed(rows, results_dir, split)
         gain, swap = _paired_column(data, "decoder_use"), _paired_column(data, "swap_penalty")
         gain_text, word = (gain.format(3, signed=True), use_word(gain, margin=MARGIN)) if gain else ("–", "–")
+        if gain and (why := not_estimable(rows, split)):   # IW-NLL - Rec rests on an IW-NLL that is no estimate
+            gain_text, word = why, "–"
         swap_text = swap.format(3, signed=True) if swap else "n/a: not measured"
         noise = (f"noise {rows[f'{split}.mi_noise'].mean():.2f}"
                  if f"{split}.mi_noise" in rows and rows[f"{split}.mi_noise"].notna().any() else None)
@@ -887,6 +889,8 @@ class PaperContext:
         diff = _paired_column(_per_seed(rows, self.where["results"], split), "decoder_use")
         if diff is None:
             return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), "n/a: not measured")
+        if why := not_estimable(rows, split):   # IW-NLL - Rec rests on an IW-NLL that is no estimate
+            return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), why)
         return Comparison(diff, use_word(diff, margin=MARGIN))
 
     def lm_half_width(self, *, split: str = "valid") -> float:
