@@ -197,9 +197,11 @@ def plan_runs(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
     runs = []
     for seed in seeds:
         if spec.baseline:
-            # the baseline has no latent, so the objective's knobs do not touch it: one config per preset
-            cfg = replace(apply_overrides(base, {"model.kind": BASELINE, "train.seed": seed}),
-                          objective=ObjectiveConfig()).validate()
+            # the baseline has no latent, so neither the objective's knobs nor a plateau judged on the floored
+            # objective (for an LM it is the NLL itself) touch it: one config per preset and corpus
+            cfg = apply_overrides(base, {"model.kind": BASELINE, "train.seed": seed})
+            cfg = replace(cfg, objective=ObjectiveConfig(),
+                          train=replace(cfg.train, plateau_floored=False)).validate()
             runs.append(PlannedRun(f"LM baseline seed={seed}", BASELINE, None, cfg))
         for value in spec.values:
             cfg = apply_overrides(base, {spec.factor: value, "train.seed": seed}).validate()
