@@ -20,6 +20,7 @@ class Metric:
     latent_only: bool = False  # needs a latent: the LM baseline has none (no reference line, n/a in tables)
     axis_label: str = ""       # axis label where "label (unit)" would not read well
     bounds: tuple[float, float] = (-math.inf, math.inf)   # the values it can take: intervals are clipped to them
+    undefined_on: tuple[tuple[str, str], ...] = ()   # (corpus, why): logged there, but no measure of anything
 
     @property
     def axis(self) -> str:
@@ -33,6 +34,9 @@ class Metric:
 
 ACCURACY = (0.0, 1.0)
 PERCENT = (0.0, 100.0)   # sacreBLEU's scale
+# BLEU counts whitespace-separated words, and a synthetic sequence is one word of 66 characters
+ONE_WORD = (("synthetic", "a synthetic sequence is one word, so its word BLEU is 0 unless the reconstruction "
+                          "is exact"),)
 
 METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("valid.neg_elbo", "-ELBO", "nats/sequence"),
@@ -57,8 +61,8 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("valid.probe_majority_sentiment", "majority class", latent_only=True, bounds=ACCURACY),
     Metric("valid.probe_untrained_z_acc_sentiment", "probe, untrained", latent_only=True, bounds=ACCURACY),
     Metric("valid.recon_bleu", "BLEU (z = μ)", digits=1, latent_only=True,
-           axis_label="greedy reconstruction BLEU (z = μ)", bounds=PERCENT),
-    Metric("valid.recon_bleu_masked", "BLEU (z masked)", digits=1, bounds=PERCENT),
+           axis_label="greedy reconstruction BLEU (z = μ)", bounds=PERCENT, undefined_on=ONE_WORD),
+    Metric("valid.recon_bleu_masked", "BLEU (z masked)", digits=1, bounds=PERCENT, undefined_on=ONE_WORD),
     # the synthetic task (Fleuret 2025): its exact likelihood, and what the latent controls in samples
     Metric("valid.exact_nll", "exact NLL", "nats/sequence", bounds=(0.0, math.inf)),
     Metric("valid.exact_nll_per_token", "exact NLL", "nats/token", bounds=(0.0, math.inf)),
@@ -87,7 +91,8 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
 FIGURE = ("valid.iw_nll_per_token", "valid.nll_bound_per_token", "valid.lm_nll_per_token", "valid.kl", "valid.mi",
           "valid.au", "valid.probe_z_acc_sentiment", "valid.recon_bleu",
           # the synthetic task only (a panel whose metric no run logged is left out)
-          "valid.probe_z_acc_position", "valid.control_position_shared", "valid.control_noise_shared",
+          "valid.probe_z_acc_position", "valid.probe_z_acc_letter", "valid.control_position_shared",
+          "valid.control_noise_shared",
           "valid.control_well_formed")
 
 # an IW-NLL whose importance weights have a median effective sample size below this is not an estimate of
@@ -121,6 +126,12 @@ def mi_at_ceiling(mi: float, ceiling: float) -> bool:
     return bool(math.isfinite(mi) and math.isfinite(ceiling) and mi >= ceiling - math.log(2))
 
 
+def undefined(key: str, corpus: str) -> str | None:
+    """Why `key` measures nothing on `corpus` (tables print n/a with it, figures leave its panel out), or None."""
+    entry = METRICS.get(key) or METRICS.get(f"valid.{key.partition('.')[2]}") or Metric(key, key)
+    return dict(entry.undefined_on).get(corpus)
+
+
 def metric(key: str) -> Metric:
     """The catalogue entry of `key`; an uncatalogued key gets a plain one (named by its key, 3 digits)."""
     return METRICS.get(key) or Metric(key, key)
@@ -132,4 +143,5 @@ def bounds(key: str) -> tuple[float, float]:
     return (METRICS.get(key) or METRICS.get(f"valid.{name}") or Metric(key, key)).bounds
 
 
-__all__ = ["ACCURACY", "ESS_FLOOR", "PERCENT", "bounds", "ESTIMATED", "FIGURE", "METRICS", "Metric", "metric", "mi_at_ceiling", "not_estimable"]
+__all__ = ["ACCURACY", "ESS_FLOOR", "PERCENT", "bounds", "ESTIMATED", "FIGURE", "METRICS", "Metric", "metric", "mi_at_ceiling", "not_estimable",
+           "undefined"]

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from gptvae.catalog import ESS_FLOOR, ESTIMATED, FIGURE, bounds, metric
+from gptvae.catalog import ESS_FLOOR, ESTIMATED, FIGURE, bounds, metric, undefined
 from gptvae.families import BASELINE
 from gptvae.stats import over_seeds
 
@@ -150,7 +150,10 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
     """One panel per metric against the ablated factor (mean and 95% t interval over seeds), each with the
     lines it is read against (`_reference_lines`). An IW-NLL the estimator cannot support is left out and
     the panel says so. names: the grid of a factor of names (runs.value is then a position in it)."""
-    metrics = [m for m in (metrics or FIGURE) if m in runs and runs.loc[runs.experiment == experiment, m].notna().any()]
+    mine = runs[runs.experiment == experiment]
+    corpora = set(mine["dataset"].dropna()) if "dataset" in mine else set()
+    metrics = [m for m in (metrics or FIGURE) if m in mine and mine[m].notna().any()
+               and not any(undefined(m, corpus) for corpus in corpora)]   # a metric that measures nothing there
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.7 * ncols, 3.1 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, metrics):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from gptvae import plots
-from gptvae.catalog import ESS_FLOOR, ESTIMATED, bounds, mi_at_ceiling, not_estimable
+from gptvae.catalog import ESS_FLOOR, ESTIMATED, bounds, mi_at_ceiling, not_estimable, undefined
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
 from gptvae.results import load_results, load_sentences
@@ -220,8 +220,7 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
             f"whose importance weights have a median "
             f"effective sample size below {ESS_FLOOR:g} is not an estimate and prints as n/a; *ESS < {ESS_FLOOR:g}* is the "
             f"share of sentences whose weights are that degenerate (mean over seeds), where the estimate rests on "
-            f"one or two samples. *Converged*: runs whose validation objective (the bound at β = 1, (Rec + β KL)/tokens "
-            f"below it) moved by less than the preset's tolerance over its last evaluations. *Differences "
+            f"one or two samples. *Converged*: {_plateau_rule(runs[runs.experiment == spec.experiment])}. *Differences "
             f"settled*: whether the difference of the validation bounds against {reference} and the LM (paired per "
             f"seed, then the mean over seeds) moved by less than that tolerance over the same last evaluations, "
             f"by its least-squares trend (the larger move, nats/token, in brackets): a comparison can settle while "
@@ -304,10 +303,14 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
     and greedy reconstructions scored by BLEU. Once-per-run quantities carry a 95% t interval over seeds."""
     settings = [(label, value, rows) for label, value, rows in _setting_rows(runs, spec) if value is not None]
     vae = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)]
-    probe = next((c.removeprefix(f"{split}.probe_z_acc_") for c in vae if c.startswith(f"{split}.probe_z_acc_")), None)
+    prefix = f"{split}.probe_z_acc_"
+    probes = [c.removeprefix(prefix) for c in vae if c.startswith(prefix) and vae[c].notna().any()]
+    corpora = sorted(set(vae["dataset"].dropna())) if "dataset" in vae else []
+    no_bleu = next((why for corpus in corpora if (why := undefined(f"{split}.recon_bleu", corpus))), None)
     header = [spec.label, "seeds", "KL (nats)", "MI (nats)", "AU", "IW-NLL − Rec (nats/token)", "decoder",
               "swap penalty (nats/token)",
-              *(["probe on z", "probe, untrained"] if probe else []), "BLEU, z = μ", "BLEU, z masked"]
+              *(name for probe in probes for name in (f"{probe} probe on z", f"{probe} probe, untrained")),
+              *(["BLEU, z = μ", "BLEU, z masked"] if not no_bleu else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def seeds_of(rows, key, digits):
@@ -327,9 +330,10 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
         mi = mi_text(rows, split, note=noise) if f"{split}.mi" in rows and rows[f"{split}.mi"].notna().any() else "–"
         au = count_text(rows[f"{split}.au"]) if f"{split}.au" in rows and rows[f"{split}.au"].notna().any() else "–"
         cells = [label, str(len(rows)), seeds_of(rows, f"{split}.kl", 2), mi, au,
-                 gain_text, word, swap_text, *([seeds_of(rows, f"{split}.probe_z_acc_{probe}", 3),
-                                     seeds_of(rows, f"{split}.probe_untrained_z_acc_{probe}", 3)] if probe else []),
-                 seeds_of(rows, f"{split}.recon_bleu", 1), seeds_of(rows, f"{split}.recon_bleu_masked", 1)]
+                 gain_text, word, swap_text, *(seeds_of(rows, f"{split}.{kind}_{probe}", 3)
+                                     for probe in probes for kind in ("probe_z_acc", "probe_untrained_z_acc")),
+                 *([seeds_of(rows, f"{split}.recon_bleu", 1), seeds_of(rows, f"{split}.recon_bleu_masked", 1)]
+                   if not no_bleu else [])]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"On {split}. KL per sentence; MI of the whole set, by the estimator of REFERENCE §3: the mean of "
              "repeated draws of z, with its noise (their standard deviation) in brackets"]
@@ -351,13 +355,19 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
                  f"it by the bound's looseness); *uses z* when its interval lies above {MARGIN} nats/token, *ignores "
                  f"z* when it lies within ±{MARGIN}. The *swap penalty* is Rec with another sentence's z minus Rec "
                  f"with its own: what a wrong z costs the decoder, which can exceed the rate")
-    if probe:
-        majority = vae[f"{split}.probe_majority_{probe}"].mean() if f"{split}.probe_majority_{probe}" in vae else math.nan
-        notes.append(f"the {probe} probe is a logistic regression on one sampled z per sentence, fit on training "
-                     f"sentences and scored on these; read it against the majority class ({majority:.3f}) and the "
-                     f"same probe on the same architecture untrained (its own column)")
-    notes.append("BLEU: greedy reconstructions from z = μ, and greedy decoding with the latent slot masked (for a "
-                 "decoder trained without latent dropout, an input it never saw), against their inputs (sacreBLEU)")
+    if probes:
+        majority = [f"{vae[key].mean():.3f}" if (key := f"{split}.probe_majority_{probe}") in vae
+                    and vae[key].notna().any() else "not logged" for probe in probes]
+        notes.append(f"the {' and '.join(probes)} probe{'s are logistic regressions' if len(probes) > 1 else ' is a logistic regression'} "
+                     f"on one sampled z per sentence, fit on training sentences and scored on these; read "
+                     f"{'each' if len(probes) > 1 else 'it'} against the majority class ({', '.join(majority)}) and "
+                     f"the same probe on the same architecture untrained (its own column)")
+    if no_bleu:
+        notes.append(f"no BLEU columns: {no_bleu}")
+    else:
+        notes.append("BLEU: greedy reconstructions from z = μ, and greedy decoding with the latent slot masked (for "
+                     "a decoder trained without latent dropout, an input it never saw), against their inputs "
+                     "(sacreBLEU)")
     return "\n".join(lines) + "\n\n" + "; ".join(notes) + ".\n"
 
 
@@ -404,6 +414,25 @@ def _settled_cell(history: pd.DataFrame, label: str, by_label: dict[str, pd.Data
     others = {o: by_label[o] for o in (reference, "LM baseline") if o != label and o in by_label}
     d = settling(history, by_label[label], others)
     return "–" if d.word == "not judged" else f"{'yes' if d.word == 'settled' else 'no'} ({d})"
+
+
+def _plateau_rule(runs: pd.DataFrame) -> str:
+    """What *converged* means for these runs, from their logged train.plateau_floored and train.tolerance (the
+    LM's objective is its NLL either way, so the latent runs say which rule it was)."""
+    latent = runs[runs.kind != BASELINE]
+    floored = latent["train.plateau_floored"].map(lambda v: v is True or str(v) == "True") \
+        if "train.plateau_floored" in latent else pd.Series(False, index=latent.index)
+    tolerances = sorted(runs["train.tolerance"].dropna().unique()) if "train.tolerance" in runs else []
+    tolerance = (f"{'/'.join(f'{t:g}' for t in tolerances)} nats/token" if tolerances else "the preset's tolerance")
+    objective = {
+        False: "validation objective (the bound at β = 1, (Rec + β KL)/tokens below it)",
+        True: "validation objective as trained, its KL floored ((Rec + β max(KL, floor))/tokens: at a large "
+              "floor the unfloored bound climbs while the KL fills the free budget)"}
+    kinds = sorted(set(floored)) or [False]
+    what = objective[kinds[0]] if len(kinds) == 1 else \
+        f"{objective[True]} for the runs with train.plateau_floored, else {objective[False]}"
+    return (f"runs whose {what} improved by less than {tolerance} over their last evaluations; a run that stopped on "
+            f"a rise beyond it is a snapshot and not counted")
 
 
 def _converged(rows: pd.DataFrame) -> str:

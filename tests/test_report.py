@@ -295,7 +295,13 @@ def test_a_free_transformer_sweep_with_a_gptvae_row_goes_from_the_store_to_its_t
     likelihood = (where["tables"] / "kappa_likelihood.md").read_text()
     labels = [line.split(" | ")[0].lstrip("| ") for line in likelihood.splitlines()[2:] if line.startswith("| ")]
     assert labels == ["κ = 0", "κ = 1", "GPTVAE, 67 bits in all", "LM baseline"]
-    assert "GPTVAE, 67 bits in all" in (where["tables"] / "kappa_use.md").read_text()
+    use = (where["tables"] / "kappa_use.md").read_text()
+    assert "GPTVAE, 67 bits in all" in use
+    # a synthetic sequence is one word: no BLEU columns, and the task's own probes with their majority class
+    header = use.splitlines()[0]
+    assert "BLEU" not in header and "no BLEU columns: a synthetic sequence is one word" in use
+    assert "position probe on z" in header and "letter probe on z" in header and "sentiment" not in use
+    assert "majority class (nan" not in use
     assert "### GPTVAE, 67 bits in all" in (where["tables"] / "kappa_samples.md").read_text()
     assert pngs and all(p.is_file() for p in pngs)
 
