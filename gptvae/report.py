@@ -107,7 +107,7 @@ def _per_seed(rows: pd.DataFrame, results_dir: Path, split: str) -> dict[int, pd
     swap_penalty = Rec with another sentence's z - Rec with its own (NaN where not measured);
     entropy_gap = IW-NLL - the exact NLL, on the synthetic task (NaN elsewhere): never below 0 in expectation."""
     out = {}
-    for row in rows.itertuples():
+    for row in rows[["run_id", "seed"]].itertuples():   # two columns: a row of all ~300 is slow to build
         frame = load_sentences(results_dir, row.run_id, _protocol_of(rows, row.Index, split))
         if frame is not None:
             other = frame["rec_other"] if "rec_other" in frame else float("nan")
@@ -131,7 +131,7 @@ def _bounds(history: pd.DataFrame, rows: pd.DataFrame) -> dict[int, pd.Series]:
     """seed -> the run's validation bound by step, from the exported curves."""
     curves = history[history.key == BOUND] if not history.empty else history
     out = {}
-    for row in rows.itertuples():
+    for row in rows[["run_id", "seed"]].itertuples():
         curve = curves[curves.run_id == row.run_id]
         if not curve.empty:
             out[int(row.seed)] = curve.groupby("step").value.last()
@@ -170,7 +170,7 @@ def _protocol_of(rows: pd.DataFrame, index, split: str) -> str:
 def has_sentences(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, split: str) -> bool:
     rows = runs[runs.experiment == spec.experiment]
     return any(load_sentences(results_dir, row.run_id, _protocol_of(rows, row.Index, split)) is not None
-               for row in rows.itertuples())
+               for row in rows[["run_id"]].itertuples())
 
 
 def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid",
@@ -992,7 +992,7 @@ class PaperContext:
         for column in columns:
             prefix = column.removesuffix(".iw_nll_per_token")
             split = prefix.split("_k", 1)[0]
-            for row in self.runs[self.runs[column].notna()].itertuples():
+            for row in self.runs.loc[self.runs[column].notna(), ["run_id"]].itertuples():
                 fp32 = load_sentences(self.where["results"], row.run_id, prefix)
                 bf16 = load_sentences(self.where["results"], row.run_id, split)
                 if fp32 is None or bf16 is None or len(fp32) != len(bf16):

@@ -61,8 +61,15 @@ def _aligned(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame] | None, colu
         raise ValueError(f"no sentence in common: the runs were evaluated on different sentences ({column})")
     order = np.array(sorted(common))
 
-    def column_of(frame, name):
-        return frame.set_index("sentence").loc[order, name].to_numpy(np.float64)
+    def column_of(frame, name):   # frame[name] at the sentences in `order` (one lookup per frame, no copy of it)
+        sentences = frame["sentence"].to_numpy()
+        values = frame[name].to_numpy(np.float64)
+        if len(sentences) == len(order) and np.array_equal(sentences, order):
+            return values
+        index = pd.Index(sentences)
+        if not index.is_unique:
+            raise ValueError(f"a run lists a sentence twice: its per-sentence file is corrupt ({name})")
+        return values[index.get_indexer(order)]   # every sentence of `order` is in every frame
 
     diff = np.stack([column_of(a[s], column) - (column_of(b[s], column) if b is not None else 0.0) for s in seeds])
     tokens = np.stack([column_of(a[s], "tokens") for s in seeds])
