@@ -223,12 +223,14 @@ def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str, n
     ax.errorbar(kl["mean"], rec["mean"], xerr=[kl["low"], kl["high"]], yerr=[rec["low"], rec["high"]], marker="o",
                 linestyle="-" if not names else "none", capsize=3)
     span = max(float(kl["mean"].max() - kl["mean"].min()), 1e-9)
+    rank = {i: r for r, i in enumerate(np.argsort(kl["mean"].to_numpy(), kind="stable"))}
     for i, (value, x, y) in enumerate(zip(kl["value"], kl["mean"], rec["mean"])):
-        # points closer than 3% of the rate axis share a spot (collapsed settings): their labels fan out
+        # points closer than 3% of the rate axis share a spot (collapsed settings): their labels fan out;
+        # elsewhere neighbours along the rate axis alternate above and below the curve
         near = (kl["mean"] - x).abs() < 0.03 * span
         place = int(near[: i + 1].sum()) - 1   # this point's place among its neighbours
-        ax.annotate(_name(value, names), (x, y), textcoords="offset points",
-                    xytext=(8, 10 - 14 * place if near.sum() > 1 else 6), fontsize=9,
+        offset = (8, 10 - 14 * place) if near.sum() > 1 else ((6, 8) if rank[i] % 2 == 0 else (6, -14))
+        ax.annotate(_name(value, names), (x, y), textcoords="offset points", xytext=offset, fontsize=9,
                     arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.5))
     base = _baseline(runs, experiment, "valid.rec")
     if base is not None:   # -ELBO = Rec + KL equal to the LM's NLL: points above the line have a looser bound
