@@ -195,23 +195,50 @@ def paired_differences(frame: pd.DataFrame, *, factor_label: str, margin: float,
         part = frame[frame["against"] == against].sort_values("value")
         ax.axhspan(-margin, margin, color="tab:green", alpha=0.12, linewidth=0, label=f"ties (±{margin:g})")
         ax.axhline(0, color="0.35", linewidth=0.8)
-        ax.errorbar(part["value"].map(at), part["estimate"],
-                    yerr=[part["estimate"] - part["low"], part["high"] - part["estimate"]],
+        # a linear axis, zoomed on the differences near the tie band when a large one beside them would flatten
+        # them; a difference beyond the window is an arrow at its edge with its numbers printed (no log scale,
+        # which would draw the band and an interval's two halves at different scales)
+        small = part[part["estimate"].abs() <= 10 * margin]
+        limit = None
+        if (part["estimate"].abs() > 20 * margin).any():
+            limit = 1.3 * max(3 * margin, float(small[["low", "high"]].abs().to_numpy().max()) if len(small) else 0.0)
+        inside = part if limit is None else part[(part["low"] >= -limit) & (part["high"] <= limit)]
+        ax.errorbar(inside["value"].map(at), inside["estimate"],
+                    yerr=[inside["estimate"] - inside["low"], inside["high"] - inside["estimate"]],
                     marker="o", linestyle="none", capsize=3, color="tab:blue", label="paired difference, 95%")
+        beyond = 0   # off-scale differences so far: their labels alternate between two rows of the band
         for i, row in enumerate(part.itertuples()):   # neighbours' words alternate above and below their bars
-            above = i % 2 == 0
-            ax.annotate(f"{row.word}\n({row.seeds} seed{'s' * (row.seeds > 1)})",
-                        (at[row.value], row.high if above else row.low), textcoords="offset points",
-                        xytext=(0, 4 if above else -4), ha="center", va="bottom" if above else "top", fontsize=7)
+            seeds = "" if "seed" in row.word else f"({row.seeds} seed{'s' * (row.seeds > 1)})"
+            if row.Index in inside.index:
+                above = i % 2 == 0
+                ax.annotate(f"{row.word}\n{seeds}".strip(), (at[row.value], row.high if above else row.low),
+                            textcoords="offset points", xytext=(0, 4 if above else -4), ha="center",
+                            va="bottom" if above else "top", fontsize=7)
+                continue
+            up = row.estimate > 0
+            edge = 1.06 * limit * (1 if up else -1)
+            ax.plot([at[row.value]], [edge], marker="^" if up else "v", color="tab:blue", linestyle="none")
+            lift = 4 + 22 * (beyond % 2)
+            beyond += 1
+            ax.annotate(f"{row.word} {seeds}".strip() + f"\n{row.estimate:+.3f} [{row.low:.3f}, {row.high:.3f}]",
+                        (at[row.value], edge), textcoords="offset points", xytext=(0, lift if up else -lift),
+                        ha="center", va="bottom" if up else "top", fontsize=6.5, color="tab:blue")
         _x_axis(ax, at, factor_label, names)
-        wide = bool((part["estimate"].abs() > 20 * margin).any())
-        if wide:   # a large cost beside small ones: decades readable, linear within the margin
-            ax.set_yscale("symlog", linthresh=margin)
-        ax.set_ylabel(f"IW-NLL minus {against} (nats/token{', symlog' if wide else ''})", fontsize=9)
-        ax.margins(y=0.25)
+        if limit is not None:   # the axis to ±limit, and a shaded band beyond it for what lies further out
+            out = part.drop(inside.index)
+            top = 2.4 * limit if (out["estimate"] > 0).any() else limit
+            bottom = -2.4 * limit if (out["estimate"] < 0).any() else -limit
+            for lo, hi in ((limit, top), (bottom, -limit)):
+                if hi > lo:
+                    ax.axhspan(lo, hi, color="0.92", linewidth=0, zorder=0)
+            ax.set_ylim(bottom, top)
+            ax.set_yticks([t for t in ax.get_yticks() if -limit <= t <= limit])
+        ax.set_ylabel(f"IW-NLL minus {against} (nats/token)", fontsize=9)
+        if limit is None:
+            ax.margins(y=0.25)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle("Paired differences in IW-NLL on validation (per seed and per sentence), 95% intervals",
-                 fontsize=10)
+    fig.suptitle("Paired differences in IW-NLL on validation (per seed and per sentence), 95% intervals\n"
+                 "(a difference beyond the axis is an arrow in the grey band, its numbers printed)", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 

@@ -379,7 +379,14 @@ def test_the_differences_figure_draws_the_tables_numbers(tmp_path):
         assert cell == f"{row.estimate:+.3f} [{row.low:.3f}, {row.high:.3f}] {row.word}"
     assert set(frame.against) == {"LM baseline", "λ = 0"} and len(frame) == 5   # λ = 0 against itself: none
     assert frame.set_index(["value", "against"]).loc[(1.0, "LM baseline"), "word"] == "costs"
-    plots.save(plots.paired_differences(frame, factor_label=spec.label, margin=0.01), "d", tmp_path)
+    fig = plots.paired_differences(frame, factor_label=spec.label, margin=0.01)
+    # λ = 1's large cost would flatten the small differences on a linear axis: it is drawn beyond the axis's
+    # window, its interval printed as the table prints it; the small ones keep a linear axis (no log scale)
+    big = frame.set_index(["value", "against"]).loc[(1.0, "LM baseline")]
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear" and max(ax.get_yticks()) < big.low
+    assert any(f"{big.estimate:+.3f} [{big.low:.3f}, {big.high:.3f}]" in t.get_text() for t in ax.texts)
+    plots.save(fig, "d", tmp_path)
     assert (tmp_path / "d.png").stat().st_size > 10_000
     runs["valid.iw_ess_median"] = runs["valid.iw_ess_median"].astype(float)
     runs.loc[runs.value == 1.0, "valid.iw_ess_median"] = 1.2
