@@ -342,7 +342,9 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
         notes.append(f"the estimate saturates near log N = {ceiling:.2f} (N = {math.exp(ceiling):,.0f} sentences) "
                      "and can pass it, or the KL, or 0, by its noise; within log 2 of log N it separates the "
                      "sentences and bounds the MI from below only, and reads *≥ … (at ceiling)*")
-    notes.append("AU counts dimensions with Var_x E_q[z_d] ≥ 0.01 (the literature's δ), as a range where seeds differ")
+    notes.append("AU counts dimensions with Var_x E_q[z_d] ≥ 0.01 (the literature's δ), as a range where seeds differ"
+                 + ("; for the Free Transformer a dimension is one bit at one position, E_q its probability of 1 "
+                    "(active bits)" if (vae.kind == "freetransformer").any() else ""))
     modes = vae["objective.free_bits_mode"] if "objective.free_bits_mode" in vae else pd.Series(dtype=object)
     floors = vae["objective.free_bits"] if "objective.free_bits" in vae else pd.Series(dtype=float)
     if ((modes == "per_dim") & (floors > 0)).any():
