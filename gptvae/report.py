@@ -994,7 +994,7 @@ class PaperContext:
         for column in columns:
             prefix = column.removesuffix(".iw_nll_per_token")
             split = prefix.split("_k", 1)[0]
-            for row in self.runs.loc[self.runs[column].notna(), ["run_id"]].itertuples():
+            for row in self.runs.loc[self.runs[column].notna(), ["run_id", "experiment"]].itertuples():
                 fp32 = load_sentences(self.where["results"], row.run_id, prefix)
                 bf16 = load_sentences(self.where["results"], row.run_id, split)
                 if fp32 is None or bf16 is None or len(fp32) != len(bf16):
