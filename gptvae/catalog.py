@@ -128,8 +128,7 @@ def mi_at_ceiling(mi: float, ceiling: float) -> bool:
 
 def undefined(key: str, corpus: str) -> str | None:
     """Why `key` measures nothing on `corpus` (tables print n/a with it, figures leave its panel out), or None."""
-    entry = METRICS.get(key) or METRICS.get(f"valid.{key.partition('.')[2]}") or Metric(key, key)
-    return dict(entry.undefined_on).get(corpus)
+    return dict(_on_any_split(key).undefined_on).get(corpus)
 
 
 def metric(key: str) -> Metric:
@@ -139,8 +138,12 @@ def metric(key: str) -> Metric:
 
 def bounds(key: str) -> tuple[float, float]:
     """The values a metric can take, on any split or protocol ("test.kl" is bounded as "valid.kl" is)."""
-    name = key.partition(".")[2]
-    return (METRICS.get(key) or METRICS.get(f"valid.{name}") or Metric(key, key)).bounds
+    return _on_any_split(key).bounds
+
+
+def _on_any_split(key: str) -> Metric:
+    """The catalogue entry of `key`, or of the same metric on valid ("test.kl" reads "valid.kl")."""
+    return METRICS.get(key) or METRICS.get(f"valid.{key.partition('.')[2]}") or Metric(key, key)
 
 
 __all__ = ["ACCURACY", "ESS_FLOOR", "PERCENT", "bounds", "ESTIMATED", "FIGURE", "METRICS", "Metric", "metric", "mi_at_ceiling", "not_estimable",
