@@ -1050,7 +1050,8 @@ class PaperContext:
     def entropy_gap(self, experiment: str, setting, *, split: str = "valid") -> Comparison:
         """IW-NLL minus the exact NLL, paired per sentence and seed (nats/token), and its word: "below the
         entropy" when the whole interval is below 0 (no model can beat the data: an estimator fault),
-        "within 2%" when its upper end lies within 2% of the entropy, "above" otherwise."""
+        "within 2%" when its upper end lies within 2% of the entropy, "more than 2% above" when its lower end
+        lies beyond that, and "not resolved" when the interval straddles the 2% line."""
         rows = self._rows(experiment, setting)
         if rows.empty:
             raise KeyError(f"{experiment}: no exported runs for {setting!r}")
@@ -1062,8 +1063,9 @@ class PaperContext:
         if diff is None:
             return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), "n/a: no exact NLL logged")
         entropy = self.entropy(experiment, split=split)
-        word = ("below the entropy" if diff.high < 0 else
-                "within 2%" if diff.high <= ENTROPY_SHARE * entropy else "above")
+        share = ENTROPY_SHARE * entropy
+        word = ("below the entropy" if diff.high < 0 else "within 2%" if diff.high <= share else
+                "more than 2% above" if diff.low > share else "not resolved")
         return Comparison(diff, word)
 
     def closest(self, experiment: str, *, split: str = "valid") -> dict | None:
