@@ -19,6 +19,10 @@ EXECUTOR     ?=
 RUNS_ROOT    ?= runs
 SET          ?=
 PLAN         ?=
+# pytest-xdist: one worker a core (tests/conftest.py pins each to its own), a test module at a time, so a
+# module's fixture (a server, a cluster, a trained sweep) is built once. PYTEST_ARGS="-n 0" runs the suite in
+# one process; PYTEST_ARGS="-n auto -m 'not cluster'" leaves out the Ray cluster.
+PYTEST_ARGS  ?= -n auto --dist loadscope
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export MLFLOW_TRACKING_URI
 
@@ -58,8 +62,8 @@ $(CLUSTER_STAMP): $(STAMP)
 
 env: $(STAMP)  ## create .venv and install the project (runs automatically)
 
-test: $(STAMP) $(CLUSTER_STAMP)  ## run the test suite (real corpora tests need GPTVAE_DATA_DIR)
-	$(PY) -m pytest
+test: $(STAMP) $(CLUSTER_STAMP)  ## run the test suite on every core (real corpora tests need GPTVAE_DATA_DIR)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## benchmarks: print speed ratios (not tests)
 	$(PY) -m gptvae bench

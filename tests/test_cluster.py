@@ -25,7 +25,7 @@ from gptvae.cores import usable_cores
 from gptvae.tracking import CLAIMS_EXPERIMENT, TAG_HOLDER, TAG_NODE, TAG_PARENT, TAG_WORKER
 from test_faults import FAST, assert_as_uninterrupted, write_spec
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("every_core")]   # its nodes: one CPU each, on any core
 BIN = Path(sys.executable).parent   # the mlflow and ray commands of this environment
 NODE_MEMORY = str(100 * 2**20)      # each node's object store: runs pass a few KB, not the default 30% of RAM
 # the cluster and its drivers agree on authentication whatever ~/.ray holds (a token there, left by any local

@@ -251,19 +251,15 @@ def test_two_sweeps_sharing_a_setting_train_it_once(tmp_path):
     assert client.search_runs([client.get_experiment_by_name(CLAIMS_EXPERIMENT).experiment_id]) == []
 
 
-def test_each_trainer_takes_its_share_of_the_cores(tmp_path):
+def test_each_trainer_takes_its_share_of_the_cores(tmp_path, monkeypatch):
     """Alone: every core. Beside another trainer: half of them (at least one)."""
     from gptvae.cores import core_share, usable_cores
 
     code = "from gptvae.cores import core_share\nwith core_share() as n: print(n)"
-    env = {**os.environ, "GPTVAE_RUNTIME_DIR": str(tmp_path)}
-    alone = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    monkeypatch.setenv("GPTVAE_RUNTIME_DIR", str(tmp_path))   # a folder of its own: no other test's trainers
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(alone.stdout) == usable_cores()
-    os.environ["GPTVAE_RUNTIME_DIR"] = str(tmp_path)
-    try:
-        with core_share() as mine:
-            beside = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    finally:
-        del os.environ["GPTVAE_RUNTIME_DIR"]
+    with core_share() as mine:
+        beside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert mine == usable_cores() and int(beside.stdout) == max(1, usable_cores() // 2)
     assert list((tmp_path / "trainers").iterdir()) == []   # both unregistered
