@@ -176,7 +176,7 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
         ax.set_visible(False)
     counts = runs[runs.experiment == experiment].groupby(["kind", "value"], dropna=False)["seed"].nunique()
     seeds = "–".join(str(n) for n in sorted({int(counts.min()), int(counts.max())})) if len(counts) else "0"
-    fig.suptitle(f"Validation metrics against {factor_label}: mean over {seeds} seeds per setting with a 95% t "
+    fig.suptitle(f"Validation metrics against {factor_label}: mean over {seeds} seed{'' if seeds == '1' else 's'} per setting with a 95% t "
                  f"interval over seeds, the LM baseline dashed and its seeds' range shaded\n(unpaired: for "
                  f"comparisons read the paired differences, in the tables and their own figure)", fontsize=10)
     fig.tight_layout()
