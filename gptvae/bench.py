@@ -20,8 +20,9 @@ train    one optimiser step of the preset's model on its dataset, three ways:
          - ours: `gptvae.train.train_step`, exactly what `gptvae train` runs.
          tokens/s counts predicted tokens (words + EOS, never padding); model FLOPs are
          6 x (parameters - token embeddings) per predicted token, so the output projection counts and
-         figures compare across changes; MFU is that FLOP rate over the bf16 peak, measured
-         again in every round (it drifts by 2x and more on shared CPUs).
+         figures compare across changes; MFU is that FLOP rate over the matmul peak of the precision
+         ours runs in (bf16 where autocast is on and fast, else fp32), measured again in every round
+         (it drifts by 2x and more on shared CPUs).
 iw       importance-weighted NLL: (1) the preset's model on a slice of the test split, fused vs
          the evaluation as it ran before (textbook output layer, decoder calls of eval.batch_tokens
          positions), with the time K = 500 on the whole test split would take; (2) on a
@@ -71,15 +72,20 @@ def timed(fn, device):
 
 # peak
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, *, sizes=(512, 768, 1024, 2048), reps: int = 5) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device, *, sizes=(512, 768, 1024, 2048), reps: int = 5,
+                slow: float = 0.5) -> float:
     """FLOP/s of the best square matmul n x n x n in `dtype` (2 n^3 FLOPs), median of `reps` per size.
 
-    Several sizes, because the fastest one differs between machines (and, on CPU, between kernels)."""
+    Several sizes, because the fastest one differs between machines (and, on CPU, between kernels). A dtype
+    this machine only emulates (bf16 without AVX512-BF16 or AMX: about 1 GFLOP/s) would take minutes at the
+    larger sizes, so the sizes stop once one multiply takes over `slow` seconds: its rate is known by then."""
     best = 0.0
     for n in sizes:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        a @ b
+        first = timed(lambda: a @ b, device)[1]
+        if first > slow:
+            return max(best, 2 * n**3 / first)
         times = [timed(lambda: a @ b, device)[1] for _ in range(reps)]
         best = max(best, 2 * n**3 / statistics.median(times))
     return best
@@ -157,16 +163,16 @@ class Ours:
         return predicted_tokens(x)
 
 
-def race(contenders, *, steps: int, rounds: int, warmup: int, device) -> tuple[dict, dict]:
+def race(contenders, *, steps: int, rounds: int, warmup: int, device, peak_dtype=torch.bfloat16) -> tuple[dict, dict]:
     """Per contender, the median over `rounds` rounds of `steps` steps of tokens/s and of tokens/s over
-    the bf16 matmul peak measured in the same round. Contenders alternate, so drift hits all alike."""
+    the `peak_dtype` matmul peak measured in the same round. Contenders alternate, so drift hits all alike."""
     for c in contenders:
         for _ in range(warmup):
             c.step()
     rates = {c.name: [] for c in contenders}
     per_peak = {c.name: [] for c in contenders}
     for r in range(rounds):
-        peak = matmul_peak(torch.bfloat16, device)
+        peak = matmul_peak(peak_dtype, device)
         for c in (contenders if r % 2 == 0 else contenders[::-1]):
             tokens, seconds = timed(lambda: sum(c.step() for _ in range(steps)), device)
             rates[c.name].append(tokens / seconds)
@@ -181,16 +187,20 @@ def bench_train(cfg, corpus, device, args) -> None:
                   Ours(cfg, corpus, device)]
     flops = flops_per_token(contenders[-1].model)
     autocast = contenders[-1].autocast
+    # MFU against the peak of the precision our step multiplies in: bf16 where autocast runs, else fp32 (a CPU
+    # without AVX512-BF16 or AMX emulates bf16 matmuls at a small fraction of its fp32 rate, so training stays fp32)
+    peak_dtype, peak_name = (torch.bfloat16, "bf16") if autocast else (torch.float32, "fp32")
     print(f"\n[train] {args.preset} preset on {cfg.data.dataset}: {cfg.model.dim} wide, {cfg.model.depth} + "
           f"{cfg.model.enc_depth} layers, {len(corpus.vocab):,} words, {flops / 6 / 1e6:.2f}M non-embedding "
           f"parameters, {cfg.train.batch_tokens:,} padded tokens per step; ours in "
           f"{'bf16 autocast' if autocast else 'fp32'}; median of {args.rounds} rounds of {args.steps} steps; "
-          f"MFU against the bf16 peak measured in the same round")
-    rates, per_peak = race(contenders, steps=args.steps, rounds=args.rounds, warmup=args.warmup, device=device)
+          f"MFU against the {peak_name} peak measured in the same round")
+    rates, per_peak = race(contenders, steps=args.steps, rounds=args.rounds, warmup=args.warmup, device=device,
+                           peak_dtype=peak_dtype)
     base = rates["upstream-style"]
     for name, rate in rates.items():
         print(f"  {name:15s} {rate:9,.0f} tokens/s  {rate / base:5.2f}x upstream-style  "
-              f"{rate * flops / 1e9:7.1f} GFLOP/s  MFU {per_peak[name] * flops:6.1%} of bf16 peak")
+              f"{rate * flops / 1e9:7.1f} GFLOP/s  MFU {per_peak[name] * flops:6.1%} of {peak_name} peak")
 
 
 # evaluation
@@ -338,7 +348,8 @@ def main(argv=None) -> None:
     if "peak" in sections:
         peak_bf16, peak_fp32 = matmul_peak(torch.bfloat16, device), matmul_peak(torch.float32, device)
         print(f"\n[peak] matmul: bf16 {peak_bf16 / 1e9:,.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:,.0f} GFLOP/s "
-              f"(best square n x n x n over n = 512, 768, 1024, 2048; median of 5 each)")
+              f"(best square n x n x n over n = 512, 768, 1024, 2048; median of 5 each); bf16 autocast "
+              f"{'runs' if bf16_is_fast(device) else 'stays off'} here")
     if "train" in sections:
         bench_train(cfg, corpus, device, args)
     if "iw" in sections:
