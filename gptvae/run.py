@@ -36,7 +36,8 @@ from gptvae.config import Config, config_hash
 from gptvae.errors import ClaimLostError
 from gptvae.files import CHECKPOINT, MODEL, atomic_write_csv, atomic_write_json, atomic_write_text, save_checkpoint
 from gptvae.tracking import (TAG_AUTOCAST, TAG_CHECKPOINT, TAG_CLAIMED_FOR, TAG_DEVICE, TAG_GIT, TAG_HEARTBEAT,
-                             TAG_HOLDER, TAG_KIND, TAG_NODE, TAG_SAME_AS, TAG_THREADS, TAG_WORKER, Tracker)
+                             TAG_HOLDER, TAG_KIND, TAG_LINEAGE, TAG_NODE, TAG_SAME_AS, TAG_THREADS, TAG_WORKER,
+                             Tracker)
 
 RESULT = "result.json"
 HEARTBEAT_SECONDS = 30     # how often a claim's holder says it is alive
@@ -76,6 +77,9 @@ class RunTask:
     gpus: int = 0               # GPUs the run needs (its preset's); an executor that places runs reserves them
     progress: bool = True
     node: str = ""              # the cluster node it trains on, where an executor places runs (Ray's node id)
+    lineage: str = ""           # one id for every attempt at this task, where the executor retries a dead one
+                                # itself and never runs two at once (Ray's task id): a claim left by an earlier
+                                # attempt is dead, on any machine, and is taken over at once
 
 
 def run_dir_for(root: str | Path, experiment: str, cfg: Config) -> Path:
@@ -187,18 +191,21 @@ class Claim:
     live one, it holds the setting; otherwise it withdraws and waits. With a store whose writes and
     reads are linearizable (a SQL database behind MLflow) two claimants cannot both hold it: the
     later of the two reads sees both claims. A claim is live while its holder's heartbeat is recent
-    and, on the holder's own machine, while its process exists.
+    and, on the holder's own machine, while its process exists. A claim left by an earlier attempt at the
+    same executor task (its lineage: RunTask.lineage, Ray's task id) is dead wherever it was made: the
+    executor retries a task only once its attempt has died.
     """
 
-    def __init__(self, tracker: Tracker, key: str, child_id: str):
-        self.tracker, self.key, self.child_id = tracker, key, child_id
+    def __init__(self, tracker: Tracker, key: str, child_id: str, *, lineage: str = ""):
+        self.tracker, self.key, self.child_id, self.lineage = tracker, key, child_id, lineage
         self.id: str | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    @staticmethod
-    def live(claim, now: float) -> bool:
+    def live(self, claim, now: float) -> bool:
         tags = claim.data.tags
+        if self.lineage and tags.get(TAG_LINEAGE) == self.lineage:   # an earlier attempt at our own task
+            return False
         host, _, pid = tags.get(TAG_HOLDER, ":").rpartition(":")
         fresh = now - float(tags.get(TAG_HEARTBEAT, 0)) < STALE_SECONDS
         return fresh and (host != socket.gethostname() or (pid.isdigit() and _pid_alive(int(pid))))
@@ -208,7 +215,7 @@ class Claim:
         now = time.time()
         self.id = self.tracker.create_claim(self.key, {
             TAG_HOLDER: f"{socket.gethostname()}:{os.getpid()}", TAG_HEARTBEAT: f"{now:.0f}",
-            TAG_CLAIMED_FOR: self.child_id})
+            TAG_CLAIMED_FOR: self.child_id, **({TAG_LINEAGE: self.lineage} if self.lineage else {})})
         try:
             rivals = []
             for claim in self.tracker.claims(self.key):
@@ -288,7 +295,7 @@ def execute(task: RunTask, *, tracker: Tracker | None = None, stop_after: int | 
     while True:
         if (done := finished_here() or linked()) is not None:
             return done
-        claim = Claim(tracker, claim_key(run), run_id)
+        claim = Claim(tracker, claim_key(run), run_id, lineage=task.lineage)
         holder = claim.acquire()
         if holder is None:
             break

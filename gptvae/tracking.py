@@ -45,6 +45,7 @@ TAG_CLAIM = "gptvae.claim"             # a claim: "<config hash>-seed<N>", the s
 TAG_HOLDER = "gptvae.holder"           # a claim: "<host>:<pid>" of the process training it
 TAG_HEARTBEAT = "gptvae.heartbeat"     # a claim: unix time of the holder's last sign of life
 TAG_CLAIMED_FOR = "gptvae.claimed_for" # a claim: the child run it trains into
+TAG_LINEAGE = "gptvae.lineage"         # a claim: the executor's id for every attempt at one task (Ray's task id)
 TAG_PARENT = "mlflow.parentRunId"      # MLflow's own: nests children under their parent in the UI
 TAG_NOTE = "mlflow.note.content"       # MLflow's own: the description shown in the UI
 

@@ -9,7 +9,7 @@ import pytest
 
 from gptvae.errors import ClaimLostError
 from gptvae.run import Claim
-from gptvae.tracking import TAG_HEARTBEAT, TAG_HOLDER, Tracker
+from gptvae.tracking import TAG_HEARTBEAT, TAG_HOLDER, TAG_LINEAGE, Tracker
 
 
 @pytest.fixture
@@ -44,6 +44,20 @@ def test_a_silent_holder_elsewhere_is_taken_over_and_a_live_one_is_not(tracker):
     tracker.create_claim("new-seed0", {TAG_HOLDER: "another-host:1", TAG_HEARTBEAT: "9999999999"})
     assert Claim(tracker, "old-seed0", "c").acquire() is None
     assert Claim(tracker, "new-seed0", "c").acquire() is not None
+
+
+def test_a_retry_of_the_same_task_takes_over_its_dead_attempts_claim_on_any_machine(tracker):
+    """Ray retries a task only once its attempt died, with the same task id: the retry need not wait for the
+    heartbeat of a claim made on another machine to go stale. Another task, or no executor lineage, waits."""
+    tracker.create_claim("abc-seed0", {TAG_HOLDER: "another-host:1", TAG_HEARTBEAT: "9999999999",
+                                       TAG_LINEAGE: "task-1", "gptvae.claimed_for": "child-1"})
+    assert Claim(tracker, "abc-seed0", "child-1", lineage="task-2").acquire() == "child-1"
+    assert Claim(tracker, "abc-seed0", "child-1").acquire() == "child-1"
+    retry = Claim(tracker, "abc-seed0", "child-1", lineage="task-1")
+    assert retry.acquire() is None
+    assert [c.info.run_id for c in tracker.claims("abc-seed0")] == [retry.id]
+    assert tracker.claims("abc-seed0")[0].data.tags[TAG_LINEAGE] == "task-1"   # and its own retry may take it
+    retry.release()
 
 
 def test_a_holder_whose_claim_was_taken_over_stops(tracker):

@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gptvae.cores import usable_cores
-from gptvae.tracking import CLAIMS_EXPERIMENT, TAG_HOLDER, TAG_NODE, TAG_PARENT, TAG_WORKER
+from gptvae.tracking import CLAIMS_EXPERIMENT, TAG_HOLDER, TAG_LINEAGE, TAG_NODE, TAG_PARENT, TAG_WORKER
 from test_faults import FAST, assert_as_uninterrupted, write_spec
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("every_core")]   # its nodes: one CPU each, on any core
@@ -174,15 +174,19 @@ def test_a_killed_worker_and_a_killed_driver_resume_exactly(server, cluster, tmp
     driver = gptvae(*sweep_args(spec, runs, *longer), uri=server, address=cluster)
     client = MlflowClient(server)
 
-    def holders():
+    def holders() -> dict[int, str]:   # pid -> the Ray task the claim was made for
         found = client.get_experiment_by_name(CLAIMS_EXPERIMENT)
         claims = client.search_runs([found.experiment_id]) if found else []
-        return {int(c.data.tags[TAG_HOLDER].rpartition(":")[2]) for c in claims if TAG_HOLDER in c.data.tags}
+        return {int(c.data.tags[TAG_HOLDER].rpartition(":")[2]): c.data.tags.get(TAG_LINEAGE, "")
+                for c in claims if TAG_HOLDER in c.data.tags}
 
     wait_for(lambda: list(runs.glob("*/*/checkpoint.pt")), timeout=240, what="a first checkpoint")
-    victim = min(wait_for(holders, timeout=30, what="a claim"))
+    victim, lineage = min(wait_for(holders, timeout=30, what="a claim").items())
+    assert lineage, "a claim made by a Ray task carries its task id"
     os.kill(victim, signal.SIGKILL)                                      # a worker, mid-run: Ray retries it
-    wait_for(lambda: holders() - {victim}, timeout=120, what="the retried run's claim")
+    # the retry is the same Ray task (same id), so it took over its dead attempt's claim, wherever that was made
+    wait_for(lambda: [pid for pid, task in holders().items() if task == lineage and pid != victim], timeout=120,
+             what="the retried run's claim, with its first attempt's task id")
     assert driver.poll() is None, "the sweep ended before its driver could be killed"
     driver.kill()                                                        # the driver, mid-sweep
     driver.communicate(timeout=60)
@@ -191,7 +195,7 @@ def test_a_killed_worker_and_a_killed_driver_resume_exactly(server, cluster, tmp
     assert "resumed" in out, out
     assert_as_uninterrupted(server, reference_uri, "ablation-faults", runs=3)
     assert len([r for r in all_runs(server, "ablation-faults") if TAG_PARENT not in r.data.tags]) == 1
-    assert holders() == set()                                                # no claim left behind
+    assert holders() == {}                                                   # no claim left behind
 
 
 def test_an_unreachable_cluster_or_server_is_one_clear_error(server, tmp_path):

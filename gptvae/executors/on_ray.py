@@ -16,8 +16,9 @@ times; the retry resumes from the run's last checkpoint under runs_root and ends
 uninterrupted run, logging no step twice (`gptvae.run`). A Python exception is not retried: it fails the
 run and stops the sweep, as with the local executors. Ctrl-C or `kill` cancels the tasks: those not started
 never start, running ones are interrupted and marked KILLED. A driver killed outright takes its tasks with it
-(Ray kills the tasks of a dead driver); running the same sweep again resumes them, and a setting whose worker
-died on another machine is taken over once its claim's heartbeat is stale (`gptvae.run.STALE_SECONDS`).
+(Ray kills the tasks of a dead driver); running the same sweep again resumes them. Ray's retry of a task takes over the claim its dead attempt left,
+on whichever machine it had run (the claim carries Ray's task id, the same for every attempt); a claim left
+by a sweep that is gone is taken over once its heartbeat is stale (`gptvae.run.STALE_SECONDS`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def _execute(task) -> dict:
     """In the worker: record where the run trains, then carry it through its lifecycle."""
     import ray
 
-    return execute(replace(task, node=ray.get_runtime_context().get_node_id()))
+    context = ray.get_runtime_context()
+    return execute(replace(task, node=context.get_node_id(), lineage=context.get_task_id()))
 
 
 def _environment() -> dict[str, str]:
