@@ -87,12 +87,24 @@ def connect():
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  configure_logging=False, runtime_env={"env_vars": _environment()})
     except Exception as err:   # ConnectionError, and whatever a wrong address raises
-        where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray"
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        hint = ("; start it with `ray start --head` (README, 'On a cluster'), or unset RAY_ADDRESS for a local Ray"
-                if address else "")
-        raise ClusterError(f"cannot reach {where}: {reason}{hint}") from None
+        raise ClusterError(_refusal(address, err)) from None
     return ray, address is None
+
+
+def _refusal(address: str | None, err: BaseException) -> str:
+    """The one line for a ray.init that failed. With an address, its port answered (`_check_reachable`), so a
+    head is there and refused this driver: most often Ray's token authentication, which Ray 2.5x turns on for
+    `ray start` when ~/.ray/auth_token exists, while a driver without RAY_AUTH_MODE=token sends no token."""
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    if not address:
+        return f"cannot start a local Ray: {reason}"
+    if "auth" in str(err).lower() or os.environ.get("RAY_AUTH_MODE") != "token":
+        hint = ("; if the cluster uses token authentication (Ray turns it on for `ray start` when ~/.ray/auth_token "
+                "exists), set RAY_AUTH_MODE=token with the same token here, or RAY_AUTH_MODE=disabled on every "
+                "node and here (README, 'On a cluster')")
+    else:
+        hint = "; check that it is a Ray head (`ray status` there), or unset RAY_ADDRESS for a local Ray"
+    return f"the Ray cluster at RAY_ADDRESS={address} answers but refused this driver: {reason}{hint}"
 
 
 class Executor:
