@@ -20,7 +20,7 @@ from gptvae import plots
 from gptvae.catalog import ESS_FLOOR, ESTIMATED, bounds, mi_at_ceiling, not_estimable, undefined
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
-from gptvae.results import load_results, load_sentences
+from gptvae.results import PRECISION, load_results, load_sentences
 from gptvae.stats import NOT_JUDGED, Drift, Interval, drift, over_seeds, paired, trend, verdict
 from gptvae.stats import use as use_word
 from gptvae.sweep import ComparisonRow, SweepSpec, load_specs
@@ -759,6 +759,21 @@ class PaperContext:
         value = values[0]
         return int(value) if isinstance(value, float) and value.is_integer() else value
 
+    def precision_note(self) -> str:
+        """Where runs that asked for bf16 autocast trained in fp32 (their machine had no fast bf16): how many,
+        for the setup paragraph; "" when none did. Runs exported before the precision was recorded count as
+        configured."""
+        runs = self.all_runs.drop_duplicates("run_id")
+        if PRECISION not in runs or "train.autocast" not in runs:
+            return ""
+        asked = runs["train.autocast"].astype(str).str.lower().isin(["true", "1"])
+        fell_back = runs[asked & (runs[PRECISION] == "fp32")]
+        if fell_back.empty:
+            return ""
+        where = ", ".join(f"{n} in {e}" for e, n in fell_back.groupby("experiment").size().items())
+        return (f" ({len(fell_back)} of the {int(asked.sum())} runs that ask for it trained in fp32 instead, on a CPU "
+                f"without fast bf16: {where}; `{PRECISION}` in runs.csv)")
+
     def span(self, key: str, experiment: str | None = None, *, kind: str | None = "vae") -> str:
         """A logged number that runs may disagree on (e.g. how many sentences each was evaluated on): "9,611"
         where they agree, "1,000 to 9,611" where they do not."""
@@ -1195,7 +1210,7 @@ class PaperContext:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const", "span",
                  "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "bound_word", "looseness",
-                 "masked_gain", "lm_half_width", "setting_const",
+                 "masked_gain", "lm_half_width", "setting_const", "precision_note",
                  "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
                  "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "closest", "lift", "collapsed",

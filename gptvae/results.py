@@ -39,6 +39,7 @@ from gptvae.errors import ResultsMissingError
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_csv
 from gptvae.tracking import (
+    TAG_AUTOCAST,
     TAG_DATASET,
     TAG_FACTOR,
     TAG_HASH,
@@ -58,6 +59,7 @@ CURVES = ("train/loss", "train/kl", "train/rec_per_token", "val/neg_elbo", "val/
           "val/nll_bound_per_token", "val/objective_per_token", "val/plateau_improvement")   # the curves exported
 CONFIG_SECTIONS = ("model", "objective", "data", "train", "eval")   # a run's logged config, in runs.csv
 RUN_KEY = ["experiment", "kind", "value", "seed"]   # one row of runs.csv per setting and seed
+PRECISION = "train.precision"   # bf16 or fp32 as the run trained (tag gptvae.autocast); empty if exported before
 FROM_EXPORT = "from_export"   # collect_runs' mark on a row it took from the earlier export (never written)
 POSTERIOR_POINTS = 500
 # metrics logged under another name by runs finished before the rename: exported under the current one
@@ -129,6 +131,9 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
                 "dataset": ptags.get(TAG_DATASET), "run_id": source.info.run_id,
                 "trained_in": names.get(source.info.experiment_id, exp.name),
                 "parent_run_id": parent.info.run_id, "config_hash": tags[TAG_HASH],
+                # the precision it trained in: train.autocast asks for bf16, the machine decides (fp32 without AMX,
+                # AVX512-BF16 or CUDA bf16); empty for runs exported before this was recorded
+                PRECISION: {"True": "bf16", "False": "fp32"}.get(source.data.tags.get(TAG_AUTOCAST), ""),
                 **{k: _param(v) for k, v in params.items() if k.split(".", 1)[0] in CONFIG_SECTIONS},
                 **{k: v for k, v in params.items() if k.split(".", 1)[0].split("_", 1)[0] in ("valid", "test")},
                 **{k: v for k, v in source.data.metrics.items() if not k.startswith(("train/", "val/"))},

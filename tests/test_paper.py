@@ -295,3 +295,23 @@ def test_an_estimate_off_the_exact_entropy_is_named_by_its_interval(tmp_path, of
     ctx = PaperContext(_kappa_study(tmp_path / "study", position_lift=0.6, noise_lift=0.0, offset=offset), tmp_path)
     assert ctx.entropy_gap("ablation-kappa", 0.125).word == word
     assert ctx.entropy_gap("ablation-kappa", "GPTVAE, 8.375 bits in all").word == word
+
+
+def test_runs_that_fell_back_to_fp32_are_counted_in_the_setup(tmp_path):
+    """train.autocast asks for bf16; a machine without fast bf16 trains in fp32. The setup names how many runs did,
+    from runs.csv's train.precision, and says nothing where none did (or where it was not recorded)."""
+    from gptvae.report import PaperContext
+    from gptvae.results import PRECISION
+
+    where = synthetic_study(tmp_path, floor_effect=3.0, use=2.0, only="kl_floor")
+    assert PaperContext(where, tmp_path).precision_note() == ""          # exported before it was recorded
+    path = where["results"] / "runs.csv"
+    runs = pd.read_csv(path, dtype={"setting": str})
+    runs[PRECISION] = "bf16"
+    runs.to_csv(path, index=False)
+    assert PaperContext(where, tmp_path).precision_note() == ""
+    runs.loc[runs.index[:2], PRECISION] = "fp32"
+    runs.to_csv(path, index=False)
+    note = PaperContext(where, tmp_path).precision_note()
+    assert f"2 of the {runs.run_id.nunique()} runs that ask for it trained in fp32" in note, note
+    assert "2 in ablation-kl-floor" in note

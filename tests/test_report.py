@@ -63,6 +63,7 @@ def test_export_writes_every_file_with_run_ids(exported):
     for name in ("history", "posterior_means", "samples", "units"):
         assert set(results[name].run_id) <= known
     assert "sentiment" in results["posterior_means"].columns
+    assert set(runs["train.precision"]) == {"fp32"}   # as each run trained: smoke sets train.autocast = false
     stored = tracker.run(runs.run_id.iloc[0]).data.metrics["valid.iw_nll"]
     assert runs["valid.iw_nll"].iloc[0] == pytest.approx(stored, rel=1e-9)
 
