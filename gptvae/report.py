@@ -760,19 +760,20 @@ class PaperContext:
         return int(value) if isinstance(value, float) and value.is_integer() else value
 
     def precision_note(self) -> str:
-        """Where runs that asked for bf16 autocast trained in fp32 (their machine had no fast bf16): how many,
-        for the setup paragraph; "" when none did. Runs exported before the precision was recorded count as
-        configured."""
+        """Runs that asked for bf16 autocast but trained in fp32 (or partly: resumed on another machine), because
+        their machine had no fast bf16: how many, and in which experiment they were trained, for the setup
+        paragraph; "" when none did. Runs exported before the precision was recorded are not counted."""
         runs = self.all_runs.drop_duplicates("run_id")
         if PRECISION not in runs or "train.autocast" not in runs:
             return ""
         asked = runs["train.autocast"].astype(str).str.lower().isin(["true", "1"])
-        fell_back = runs[asked & (runs[PRECISION] == "fp32")]
+        fell_back = runs[asked & runs[PRECISION].isin(["fp32", "mixed"])]
         if fell_back.empty:
             return ""
-        where = ", ".join(f"{n} in {e}" for e, n in fell_back.groupby("experiment").size().items())
-        return (f" ({len(fell_back)} of the {int(asked.sum())} runs that ask for it trained in fp32 instead, on a CPU "
-                f"without fast bf16: {where}; `{PRECISION}` in runs.csv)")
+        where = ", ".join(f"{n} in {e}" for e, n in fell_back.groupby("trained_in").size().items())
+        mixed = int((fell_back[PRECISION] == "mixed").sum())
+        return (f"; {len(fell_back)} runs trained in fp32 instead ({where}{f', {mixed} of them in part' if mixed else ''}), "
+                f"on a machine without fast bf16 (`{PRECISION}` in runs.csv)")
 
     def span(self, key: str, experiment: str | None = None, *, kind: str | None = "vae") -> str:
         """A logged number that runs may disagree on (e.g. how many sentences each was evaluated on): "9,611"

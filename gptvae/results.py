@@ -59,7 +59,7 @@ CURVES = ("train/loss", "train/kl", "train/rec_per_token", "val/neg_elbo", "val/
           "val/nll_bound_per_token", "val/objective_per_token", "val/plateau_improvement")   # the curves exported
 CONFIG_SECTIONS = ("model", "objective", "data", "train", "eval")   # a run's logged config, in runs.csv
 RUN_KEY = ["experiment", "kind", "value", "seed"]   # one row of runs.csv per setting and seed
-PRECISION = "train.precision"   # bf16 or fp32 as the run trained (tag gptvae.autocast); empty if exported before
+PRECISION = "train.precision"   # bf16, fp32 or mixed (resumed elsewhere), as the run trained; empty if not recorded
 FROM_EXPORT = "from_export"   # collect_runs' mark on a row it took from the earlier export (never written)
 POSTERIOR_POINTS = 500
 # metrics logged under another name by runs finished before the rename: exported under the current one
@@ -133,7 +133,7 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
                 "parent_run_id": parent.info.run_id, "config_hash": tags[TAG_HASH],
                 # the precision it trained in: train.autocast asks for bf16, the machine decides (fp32 without AMX,
                 # AVX512-BF16 or CUDA bf16); empty for runs exported before this was recorded
-                PRECISION: {"True": "bf16", "False": "fp32"}.get(source.data.tags.get(TAG_AUTOCAST), ""),
+                PRECISION: {"True": "bf16", "False": "fp32", "mixed": "mixed"}.get(source.data.tags.get(TAG_AUTOCAST), ""),
                 **{k: _param(v) for k, v in params.items() if k.split(".", 1)[0] in CONFIG_SECTIONS},
                 **{k: v for k, v in params.items() if k.split(".", 1)[0].split("_", 1)[0] in ("valid", "test")},
                 **{k: v for k, v in source.data.metrics.items() if not k.startswith(("train/", "val/"))},

@@ -122,7 +122,10 @@ class RunLogger:
                                               "objective.free_bits_nats": self.cfg.objective.free_bits_nats,
                                               "data.vocab_size": len(corpus.vocab),
                                               **corpus_params(corpus, batch_tokens=self.cfg.train.batch_tokens)})
-        self.tracker.set_tags(self.run_id, {TAG_GIT: git_commit(), TAG_DEVICE: device.type, TAG_AUTOCAST: autocast,
+        # a run resumed on a machine of another precision (bf16 autocast there, fp32 here) trained in both: "mixed"
+        before = self.tracker.run(self.run_id).data.tags.get(TAG_AUTOCAST)
+        precision = autocast if before in (None, str(autocast)) else "mixed"
+        self.tracker.set_tags(self.run_id, {TAG_GIT: git_commit(), TAG_DEVICE: device.type, TAG_AUTOCAST: precision,
                                             TAG_THREADS: torch.get_num_threads(),
                                             TAG_CHECKPOINT: str(self.checkpoint.resolve()),
                                             TAG_WORKER: f"{socket.gethostname()}:{os.getpid()}",
@@ -192,8 +195,8 @@ class Claim:
     reads are linearizable (a SQL database behind MLflow) two claimants cannot both hold it: the
     later of the two reads sees both claims. A claim is live while its holder's heartbeat is recent
     and, on the holder's own machine, while its process exists. A claim left by an earlier attempt at the
-    same executor task (its lineage: RunTask.lineage, Ray's task id) is dead wherever it was made: the
-    executor retries a task only once its attempt has died.
+    same executor task (its lineage: RunTask.lineage, Ray's task id) is dead wherever it was made once it
+    has missed two heartbeats, not STALE_SECONDS: the executor retries a task only once its attempt died.
     """
 
     def __init__(self, tracker: Tracker, key: str, child_id: str, *, lineage: str = ""):
@@ -204,10 +207,13 @@ class Claim:
 
     def live(self, claim, now: float) -> bool:
         tags = claim.data.tags
-        if self.lineage and tags.get(TAG_LINEAGE) == self.lineage:   # an earlier attempt at our own task
+        silent = now - float(tags.get(TAG_HEARTBEAT, 0))
+        if self.lineage and tags.get(TAG_LINEAGE) == self.lineage and silent > 2 * HEARTBEAT_SECONDS:
+            # an earlier attempt at our own task that missed two beats: Ray retried it because it died (a node
+            # Ray wrongly declared dead still beats, so its claim stays live and this attempt waits)
             return False
         host, _, pid = tags.get(TAG_HOLDER, ":").rpartition(":")
-        fresh = now - float(tags.get(TAG_HEARTBEAT, 0)) < STALE_SECONDS
+        fresh = silent < STALE_SECONDS
         return fresh and (host != socket.gethostname() or (pid.isdigit() and _pid_alive(int(pid))))
 
     def acquire(self) -> str | None:
@@ -236,12 +242,12 @@ class Claim:
         return None
 
     def check(self) -> None:
-        """Raise ClaimLostError if the claim was withdrawn by another process (it saw no heartbeat
-        for STALE_SECONDS and took the setting over): this process must stop training it."""
+        """Raise ClaimLostError if the claim was withdrawn by another process (it saw no heartbeat for
+        STALE_SECONDS, or the executor retried this task elsewhere): this process must stop training it."""
         if self.id is not None and self.tracker.run(self.id).info.lifecycle_stage == "deleted":
             raise ClaimLostError(f"the claim on {self.key} was taken over by another process (this one's "
-                                 f"heartbeat did not reach {self.tracker.uri} for {STALE_SECONDS} s); "
-                                 "this process stopped training it")
+                                 f"heartbeat did not reach {self.tracker.uri} in time, or the executor retried "
+                                 "its task elsewhere); this process stopped training it")
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
@@ -362,6 +368,8 @@ def _train_and_record(task: RunTask, run_dir: Path, tracker: Tracker, run_id: st
     final.pop("config_hash", None)
     tables = final.pop("files", [])   # the per-sentence and per-unit tables beside result.json
 
+    still_ours = logger.claim.check if logger.claim is not None else (lambda: None)
+    still_ours()   # the final evaluation takes minutes: never log it if another process took the run over
     counts = {k: v for k, v in final.items() if k.split(".", 1)[-1] in COUNT_KEYS}
     tracker.log_params(run_id, counts)
     logged = tracker.run(run_id).data.metrics
@@ -382,6 +390,7 @@ def _train_and_record(task: RunTask, run_dir: Path, tracker: Tracker, run_id: st
     for name in (*ARTIFACTS, *tables):
         if (run_dir / name).is_file():
             tracker.log_artifact(run_id, run_dir / name)
+    still_ours()
     tracker.set_status(run_id, "FINISHED")
     return {"status": "resumed" if trained.resumed_from else "trained", **_summary(final)}
 

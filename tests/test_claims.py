@@ -4,6 +4,7 @@ holders taken over, a holder that lost its claim told so."""
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,11 +48,22 @@ def test_a_silent_holder_elsewhere_is_taken_over_and_a_live_one_is_not(tracker):
 
 
 def test_a_retry_of_the_same_task_takes_over_its_dead_attempts_claim_on_any_machine(tracker):
-    """Ray retries a task only once its attempt died, with the same task id: the retry need not wait for the
-    heartbeat of a claim made on another machine to go stale. Another task, or no executor lineage, waits."""
-    tracker.create_claim("abc-seed0", {TAG_HOLDER: "another-host:1", TAG_HEARTBEAT: "9999999999",
-                                       TAG_LINEAGE: "task-1", "gptvae.claimed_for": "child-1"})
-    assert Claim(tracker, "abc-seed0", "child-1", lineage="task-2").acquire() == "child-1"
+    """Ray retries a task only once its attempt died, with the same task id: the retry need not wait 10 minutes
+    for a claim made on another machine to go stale, only for it to miss two heartbeats (an attempt Ray wrongly
+    took for dead still beats, and keeps its claim). Another task, or no executor lineage, waits."""
+    from gptvae.run import HEARTBEAT_SECONDS, STALE_SECONDS
+
+    def left(beat: float) -> None:
+        tracker.create_claim("abc-seed0", {TAG_HOLDER: "another-host:1", TAG_HEARTBEAT: f"{beat:.0f}",
+                                           TAG_LINEAGE: "task-1", "gptvae.claimed_for": "child-1"})
+
+    left(time.time())                                     # the first attempt still beats: nobody takes it over
+    assert Claim(tracker, "abc-seed0", "child-1", lineage="task-1").acquire() == "child-1"
+    for claim in tracker.claims("abc-seed0"):
+        tracker.delete_run(claim.info.run_id)
+    left(time.time() - 3 * HEARTBEAT_SECONDS)            # silent for 3 beats, far from STALE_SECONDS
+    assert 3 * HEARTBEAT_SECONDS < STALE_SECONDS
+    assert Claim(tracker, "abc-seed0", "child-1", lineage="task-2").acquire() == "child-1"   # another task waits
     assert Claim(tracker, "abc-seed0", "child-1").acquire() == "child-1"
     retry = Claim(tracker, "abc-seed0", "child-1", lineage="task-1")
     assert retry.acquire() is None

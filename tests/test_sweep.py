@@ -332,3 +332,34 @@ def test_an_export_refuses_to_merge_two_versions_of_a_study():
     assert list(merge_by_run(old, same, key=RUN_KEY).run_id) == ["a"]   # the committed run stands
     with pytest.raises(ResultsMissingError, match="two versions of the study"):
         merge_by_run(old, same.assign(config_hash="h2"), key=RUN_KEY)
+
+
+def test_a_ray_head_that_answers_but_refuses_says_why(monkeypatch):
+    """A head whose port answers but which refuses the driver (Ray's token authentication, the usual cause) is
+    not 'unreachable': the one line names the address and how to make the driver and the nodes agree. An
+    address Ray resolves itself ("auto") was never probed, so its failure says it cannot reach the cluster."""
+    ray = pytest.importorskip("ray")
+    from gptvae.errors import ClusterError
+    from gptvae.executors import on_ray
+
+    def refuse(**_):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    probe = on_ray._check_reachable
+    monkeypatch.setattr(on_ray, "_check_reachable", lambda address: True)   # the port answers
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    with pytest.raises(ClusterError) as caught:
+        on_ray.connect()
+    message = str(caught.value)
+    assert "\n" not in message and "RAY_ADDRESS=10.0.0.1:6379 answers but refused" in message
+    assert "RAY_AUTH_MODE=token" in message and "Failed to connect" in message
+
+    monkeypatch.setattr(on_ray, "_check_reachable", probe)
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    with pytest.raises(ClusterError) as caught:
+        on_ray.connect()
+    assert "cannot reach the Ray cluster at RAY_ADDRESS=auto" in str(caught.value)
+    assert "RAY_AUTH_MODE" not in str(caught.value)

@@ -16,9 +16,10 @@ times; the retry resumes from the run's last checkpoint under runs_root and ends
 uninterrupted run, logging no step twice (`gptvae.run`). A Python exception is not retried: it fails the
 run and stops the sweep, as with the local executors. Ctrl-C or `kill` cancels the tasks: those not started
 never start, running ones are interrupted and marked KILLED. A driver killed outright takes its tasks with it
-(Ray kills the tasks of a dead driver); running the same sweep again resumes them. Ray's retry of a task takes over the claim its dead attempt left,
-on whichever machine it had run (the claim carries Ray's task id, the same for every attempt); a claim left
-by a sweep that is gone is taken over once its heartbeat is stale (`gptvae.run.STALE_SECONDS`).
+(Ray kills the tasks of a dead driver); running the same sweep again resumes them. Ray's retry of a task
+takes over the claim its dead attempt left, on whichever machine it had run, once that claim has missed two
+heartbeats (the claim carries Ray's task id, the same for every attempt); a claim left by a sweep that is
+gone is taken over once its heartbeat is stale (`gptvae.run.STALE_SECONDS`).
 """
 
 from __future__ import annotations
@@ -58,17 +59,19 @@ def _absolute(task):
     return replace(task, tracking_uri=uri, runs_root=str(Path(task.runs_root).resolve()))
 
 
-def _check_reachable(address: str, *, timeout: float = 5.0) -> None:
-    """One clear error in seconds for a head that is not there (ray.init would retry for minutes)."""
+def _check_reachable(address: str, *, timeout: float = 5.0) -> bool:
+    """One clear error in seconds for a head that is not there (ray.init would retry for minutes). True when
+    the address's port answered; False for "auto" and the like, which Ray resolves itself."""
     host, sep, port = address.split("://")[-1].rpartition(":")
-    if not sep or not port.isdigit():   # "auto" and the like: Ray finds the cluster itself
-        return
+    if not sep or not port.isdigit():
+        return False
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as err:
         raise ClusterError(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({err.strerror or err}); start "
                            "its head with `ray start --head` (README, 'On a cluster'), or unset RAY_ADDRESS for a "
                            "local Ray") from None
+    return True
 
 
 def connect():
@@ -81,29 +84,31 @@ def connect():
     address = os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         return ray, False
-    if address:
-        _check_reachable(address)
+    answered = bool(address) and _check_reachable(address)
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  configure_logging=False, runtime_env={"env_vars": _environment()})
     except Exception as err:   # ConnectionError, and whatever a wrong address raises
-        raise ClusterError(_refusal(address, err)) from None
+        raise ClusterError(_refusal(address, err, answered=answered)) from None
     return ray, address is None
 
 
-def _refusal(address: str | None, err: BaseException) -> str:
-    """The one line for a ray.init that failed. With an address, its port answered (`_check_reachable`), so a
-    head is there and refused this driver: most often Ray's token authentication, which Ray 2.5x turns on for
-    `ray start` when ~/.ray/auth_token exists, while a driver without RAY_AUTH_MODE=token sends no token."""
+def _refusal(address: str | None, err: BaseException, *, answered: bool) -> str:
+    """The one line for a ray.init that failed. `answered`: the address's port took a connection, so a head is
+    there and refused this driver, most often for Ray's token authentication (Ray 2.5x turns it on for
+    `ray start` when ~/.ray/auth_token exists, and a driver without RAY_AUTH_MODE=token sends no token)."""
     reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
     if not address:
         return f"cannot start a local Ray: {reason}"
+    if not answered:
+        return (f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {reason}; start it with `ray start --head` "
+                "(README, 'On a cluster'), or unset RAY_ADDRESS for a local Ray")
     if "auth" in str(err).lower() or os.environ.get("RAY_AUTH_MODE") != "token":
         hint = ("; if the cluster uses token authentication (Ray turns it on for `ray start` when ~/.ray/auth_token "
                 "exists), set RAY_AUTH_MODE=token with the same token here, or RAY_AUTH_MODE=disabled on every "
                 "node and here (README, 'On a cluster')")
     else:
-        hint = "; check that it is a Ray head (`ray status` there), or unset RAY_ADDRESS for a local Ray"
+        hint = "; check that it is a Ray head of the same Ray version (`ray status` there)"
     return f"the Ray cluster at RAY_ADDRESS={address} answers but refused this driver: {reason}{hint}"
 
 
