@@ -772,7 +772,7 @@ class PaperContext:
             return ""
         where = ", ".join(f"{n} in {e}" for e, n in fell_back.groupby("trained_in").size().items())
         mixed = int((fell_back[PRECISION] == "mixed").sum())
-        return (f"; {len(fell_back)} runs trained in fp32 instead ({where}{f', {mixed} of them in part' if mixed else ''}), "
+        return (f"; {len(fell_back)} run{'' if len(fell_back) == 1 else 's'} trained in fp32 instead ({where}{f', {mixed} of them in part' if mixed else ''}), "
                 f"on a machine without fast bf16 (`{PRECISION}` in runs.csv)")
 
     def span(self, key: str, experiment: str | None = None, *, kind: str | None = "vae") -> str:
