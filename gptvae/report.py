@@ -772,8 +772,10 @@ class PaperContext:
             return ""
         where = ", ".join(f"{n} in {e}" for e, n in fell_back.groupby("trained_in").size().items())
         mixed = int((fell_back[PRECISION] == "mixed").sum())
-        return (f"; {len(fell_back)} run{'' if len(fell_back) == 1 else 's'} trained in fp32 instead ({where}{f', {mixed} of them in part' if mixed else ''}), "
-                f"on a machine without fast bf16 (`{PRECISION}` in runs.csv)")
+        where += f", {mixed} of them in part" if mixed else ""
+        runs_word = "run" if len(fell_back) == 1 else "runs"
+        return (f"; {len(fell_back)} {runs_word} trained in fp32 instead ({where}), on a machine without fast bf16 "
+                f"(`{PRECISION}` in runs.csv)")
 
     def span(self, key: str, experiment: str | None = None, *, kind: str | None = "vae") -> str:
         """A logged number that runs may disagree on (e.g. how many sentences each was evaluated on): "9,611"

@@ -79,7 +79,7 @@ class RunTask:
     node: str = ""              # the cluster node it trains on, where an executor places runs (Ray's node id)
     lineage: str = ""           # one id for every attempt at this task, where the executor retries a dead one
                                 # itself and never runs two at once (Ray's task id): a claim left by an earlier
-                                # attempt is dead, on any machine, and is taken over at once
+                                # attempt is dead, on any machine, once it has missed two heartbeats
 
 
 def run_dir_for(root: str | Path, experiment: str, cfg: Config) -> Path:
