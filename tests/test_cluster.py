@@ -5,6 +5,7 @@ head and a second node started with `ray start`, one CPU each. Marked `cluster` 
 `pytest -m "not cluster"` leaves them out).
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gptvae.cores import usable_cores
-from gptvae.tracking import CLAIMS_EXPERIMENT, TAG_HOLDER, TAG_LINEAGE, TAG_NODE, TAG_PARENT, TAG_WORKER
+from gptvae.tracking import CLAIMS_EXPERIMENT, TAG_CLAIM, TAG_HOLDER, TAG_LINEAGE, TAG_NODE, TAG_PARENT, TAG_WORKER
 from test_faults import FAST, assert_as_uninterrupted, write_spec
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("every_core")]   # its nodes: one CPU each, on any core
@@ -100,6 +101,13 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def gptvae(*args, uri: str, address: str, cwd=None) -> subprocess.Popen:
     env = {**os.environ, **RAY_ENV, "MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": address}
     return subprocess.Popen([sys.executable, "-m", "gptvae", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
@@ -174,25 +182,37 @@ def test_a_killed_worker_and_a_killed_driver_resume_exactly(server, cluster, tmp
     driver = gptvae(*sweep_args(spec, runs, *longer), uri=server, address=cluster)
     client = MlflowClient(server)
 
-    def holders() -> dict[int, str]:   # pid -> the Ray task the claim was made for
+    def holders() -> dict[int, tuple[str, str]]:   # pid -> (the setting it trains, the Ray task it was made for)
         found = client.get_experiment_by_name(CLAIMS_EXPERIMENT)
         claims = client.search_runs([found.experiment_id]) if found else []
-        return {int(c.data.tags[TAG_HOLDER].rpartition(":")[2]): c.data.tags.get(TAG_LINEAGE, "")
-                for c in claims if TAG_HOLDER in c.data.tags}
+        return {int(c.data.tags[TAG_HOLDER].rpartition(":")[2]):
+                (c.data.tags[TAG_CLAIM], c.data.tags.get(TAG_LINEAGE, "")) for c in claims if TAG_HOLDER in c.data.tags}
 
-    wait_for(lambda: list(runs.glob("*/*/checkpoint.pt")), timeout=240, what="a first checkpoint")
-    victim, lineage = min(wait_for(holders, timeout=30, what="a claim").items())
+    def checkpointed() -> dict[int, tuple[str, str]]:   # the holders whose run has a checkpoint (its folder: the key)
+        return {pid: held for pid, held in holders().items() if list(runs.glob(f"*/{held[0]}/checkpoint.pt"))}
+
+    victim, (_, lineage) = min(wait_for(checkpointed, timeout=240, what="a run with a checkpoint").items())
     assert lineage, "a claim made by a Ray task carries its task id"
     os.kill(victim, signal.SIGKILL)                                      # a worker, mid-run: Ray retries it
     # the retry is the same Ray task (same id), so it took over its dead attempt's claim, wherever that was made
-    wait_for(lambda: [pid for pid, task in holders().items() if task == lineage and pid != victim], timeout=120,
-             what="the retried run's claim, with its first attempt's task id")
+    [retry] = wait_for(lambda: [pid for pid, (_, task) in holders().items() if task == lineage and pid != victim],
+                       timeout=120, what="the retried run's claim, with its first attempt's task id")
+    # freeze every run in flight, the retry among them, so that the driver's death finds them mid-run however
+    # fast this machine trains (a run that finished first would leave nothing to resume)
+    frozen = []
+    for pid in holders():
+        with contextlib.suppress(psutil.NoSuchProcess):   # a run that ended since: nothing to freeze
+            frozen.append(psutil.Process(pid))
+            frozen[-1].suspend()
+    assert retry in [proc.pid for proc in frozen], "the retried run finished before it could be frozen"
     assert driver.poll() is None, "the sweep ended before its driver could be killed"
     driver.kill()                                                        # the driver, mid-sweep
     driver.communicate(timeout=60)
+    # Ray kills the tasks of a dead driver: the frozen workers with them
+    wait_for(lambda: not any(alive(proc) for proc in frozen), timeout=120, what="Ray to kill the dead driver's workers")
 
     out = finish(gptvae(*sweep_args(spec, runs, *longer), uri=server, address=cluster))
-    assert "resumed" in out, out
+    assert "resumed" in out, out   # the retried run at least: it had a checkpoint and was frozen before it finished
     assert_as_uninterrupted(server, reference_uri, "ablation-faults", runs=3)
     assert len([r for r in all_runs(server, "ablation-faults") if TAG_PARENT not in r.data.tags]) == 1
     assert holders() == {}                                                   # no claim left behind
