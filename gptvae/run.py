@@ -122,14 +122,20 @@ class RunLogger:
                                               "objective.free_bits_nats": self.cfg.objective.free_bits_nats,
                                               "data.vocab_size": len(corpus.vocab),
                                               **corpus_params(corpus, batch_tokens=self.cfg.train.batch_tokens)})
-        # a run resumed on a machine of another precision (bf16 autocast there, fp32 here) trained in both: "mixed"
-        before = self.tracker.run(self.run_id).data.tags.get(TAG_AUTOCAST)
-        precision = autocast if before in (None, str(autocast)) else "mixed"
-        self.tracker.set_tags(self.run_id, {TAG_GIT: git_commit(), TAG_DEVICE: device.type, TAG_AUTOCAST: precision,
+        self.precision(autocast)
+        self.tracker.set_tags(self.run_id, {TAG_GIT: git_commit(), TAG_DEVICE: device.type,
                                             TAG_THREADS: torch.get_num_threads(),
                                             TAG_CHECKPOINT: str(self.checkpoint.resolve()),
                                             TAG_WORKER: f"{socket.gethostname()}:{os.getpid()}",
                                             **({TAG_NODE: self.node} if self.node else {})})
+
+    def precision(self, autocast: bool) -> None:
+        """Tag what this process trains in, at every start and every resume: a run resumed on a machine of the
+        other kind (bf16 autocast there, fp32 here) trained in both, and is tagged "mixed"."""
+        before = self.tracker.run(self.run_id).data.tags.get(TAG_AUTOCAST)
+        precision = autocast if before in (None, str(autocast)) else "mixed"
+        if before != str(precision):
+            self.tracker.set_tags(self.run_id, {TAG_AUTOCAST: precision})
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if step > self.logged_through:

@@ -216,6 +216,8 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
 
     if logger is not None and start_step == 0:
         logger.start(model=model, corpus=corpus, device=device, autocast=use_autocast)
+    elif logger is not None:   # a resume, perhaps on a machine of the other precision
+        logger.precision(use_autocast)
 
     def elapsed() -> float:
         return seconds_before + time.time() - started

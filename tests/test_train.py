@@ -228,3 +228,29 @@ def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path, monkeypatch):
     with pytest.raises(NonFiniteLossError, match="step 0.*no checkpoint had been written yet"):
         train(smoke(), run_dir=tmp_path, progress=False)
     assert not (tmp_path / CHECKPOINT).exists()
+
+
+def test_a_run_resumed_in_the_other_precision_is_tagged_mixed(tmp_path, monkeypatch):
+    """The precision tag is written at every start, a resume included: a run begun in fp32 (a machine without
+    fast bf16) and resumed where bf16 autocast runs trained in both, and says so; one resumed in its own says
+    its own."""
+    from gptvae.run import RunLogger
+    from gptvae.tracking import TAG_AUTOCAST, Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    cfg = smoke(**{"train.autocast": True, "train.steps": 8, "train.eval_every": 4})
+
+    def attempt(name: str, *, bf16_here: bool, stop_after=None) -> str:
+        run_id = runs.setdefault(name, tracker.client.create_run(tracker.experiment_id("precision")).info.run_id)
+        monkeypatch.setattr(train_module, "bf16_is_fast", lambda device: bf16_here)
+        logger = RunLogger(tracker, run_id, cfg=cfg, checkpoint=tmp_path / name / CHECKPOINT)
+        trained = train(cfg, run_dir=tmp_path / name, logger=logger, progress=False, stop_after=stop_after)
+        logger.flush()
+        assert trained.autocast is bf16_here and (trained.resumed_from == 4) is (stop_after is None)
+        return tracker.run(run_id).data.tags[TAG_AUTOCAST]
+
+    runs: dict[str, str] = {}
+    assert attempt("moved", bf16_here=False, stop_after=6) == "False"   # fp32 here, checkpoint at step 4
+    assert attempt("moved", bf16_here=True) == "mixed"                  # resumed where bf16 autocast runs
+    assert attempt("stayed", bf16_here=False, stop_after=6) == "False"
+    assert attempt("stayed", bf16_here=False) == "False"
