@@ -191,12 +191,26 @@ def test_a_killed_worker_and_a_killed_driver_resume_exactly(server, cluster, tmp
     def checkpointed() -> dict[int, tuple[str, str]]:   # the holders whose run has a checkpoint (its folder: the key)
         return {pid: held for pid, held in holders().items() if list(runs.glob(f"*/{held[0]}/checkpoint.pt"))}
 
-    victim, (_, lineage) = min(wait_for(checkpointed, timeout=240, what="a run with a checkpoint").items())
+    def frozen_victim():   # frozen, then checked: Ray reuses a worker, so a pid that just finished its run is no victim
+        if not (found := checkpointed()):
+            return None
+        pid, held = min(found.items())
+        try:
+            proc = psutil.Process(pid)
+            proc.suspend()
+        except psutil.NoSuchProcess:
+            return None
+        if holders().get(pid) == held:
+            return pid, held
+        proc.resume()
+        return None
+
+    victim, (_, lineage) = wait_for(frozen_victim, timeout=240, what="a run with a checkpoint")
     assert lineage, "a claim made by a Ray task carries its task id"
     os.kill(victim, signal.SIGKILL)                                      # a worker, mid-run: Ray retries it
     # the retry is the same Ray task (same id), so it took over its dead attempt's claim, wherever that was made
     [retry] = wait_for(lambda: [pid for pid, (_, task) in holders().items() if task == lineage and pid != victim],
-                       timeout=120, what="the retried run's claim, with its first attempt's task id")
+                       timeout=300, what="the retried run's claim, with its first attempt's task id")
     # freeze every run in flight, the retry among them, so that the driver's death finds them mid-run however
     # fast this machine trains (a run that finished first would leave nothing to resume)
     frozen = []

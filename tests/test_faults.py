@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gptvae.tracking import CLAIMS_EXPERIMENT, TAG_HASH, TAG_SAME_AS, TAG_SEED
+from gptvae.tracking import CLAIMS_EXPERIMENT, TAG_HASH, TAG_SAME_AS, TAG_SEED, Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["data.synthetic_train=300", "data.synthetic_eval=32", "train.steps=12", "train.eval_every=4",
@@ -49,7 +49,6 @@ def sweep_args(spec: Path, runs: Path, *extra) -> list[str]:
 
 def children(uri: str, experiment: str) -> list:
     """Through Tracker, which takes the store's lock as the sweeps do (a bare client would race them)."""
-    from gptvae.tracking import Tracker
 
     tracker = Tracker(uri)
     exp_id = tracker.find_experiment(experiment)
@@ -199,6 +198,17 @@ def test_ctrl_c_with_two_jobs_cancels_the_queue_and_kills_the_running(tmp_path):
 
 # kill -9 at random moments
 
+def checkpointed_since(runs: Path, since_ns: int) -> bool:
+    """Whether any run under `runs` wrote its checkpoint after `since_ns` (time.time_ns())."""
+    for path in runs.glob("*/*/checkpoint.pt"):
+        try:
+            if path.stat().st_mtime_ns > since_ns:
+                return True
+        except FileNotFoundError:   # replaced between the listing and the look: written just now
+            return True
+    return False
+
+
 @pytest.mark.slow
 def test_random_kills_lose_nothing_and_log_nothing_twice(tmp_path):
     """A sweep killed with SIGKILL at five moments (one between the final metrics and FINISHED) and
@@ -208,13 +218,21 @@ def test_random_kills_lose_nothing_and_log_nothing_twice(tmp_path):
     reference = gptvae(*sweep_args(spec, tmp_path / "reference-runs"), uri=reference_uri)
     assert reference.wait(timeout=600) == 0
 
+    Tracker(uri)   # the store and its schema first: a kill inside MLflow's first migration is not what this tests
     rng = random.Random(20261122)
     kills = 0
     for attempt in range(5):
         env = {"GPTVAE_KILL_AT": "after-final-metrics"} if attempt == 2 else {}
+        started = time.time_ns()
         victim = gptvae(*sweep_args(spec, tmp_path / "runs"), uri=uri, env=env)
         if not env:
-            time.sleep(rng.uniform(4.0, 9.0))
+            # a random moment once this attempt has trained something of its own (written a checkpoint), not a
+            # moment on the clock: on a fast machine a clock's moment can come after the sweep has ended
+            deadline = time.time() + 600
+            while victim.poll() is None and not checkpointed_since(tmp_path / "runs", started) and \
+                    time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.0))
             victim.kill()
         victim.wait(timeout=600)
         kills += victim.returncode == -signal.SIGKILL

@@ -127,7 +127,7 @@ def test_kill_9_mid_training_then_resume(tmp_path):
     ckpt = tmp_path / "runs" / "train" / f"{config_hash(cfg)}-seed0" / CHECKPOINT
 
     victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 600   # a bound for a loaded machine: the loop ends at the first checkpoint
     while not ckpt.exists() and time.time() < deadline and victim.poll() is None:
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
