@@ -183,13 +183,17 @@ def interrupts_deferred():
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine is running: a zombie (killed, not yet reaped by its parent) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:   # Linux says a process's state in /proc: Z for a zombie
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):   # no /proc (macOS), or it ended just now
+        return not Path("/proc").is_dir()
 
 
 class Claim:

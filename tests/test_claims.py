@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,25 @@ def test_one_holder_at_a_time(tracker):
     assert second.acquire() is None and len(tracker.claims("abc-seed0")) == 1
     second.release()
     assert tracker.claims("abc-seed0") == []
+
+
+def test_a_killed_holder_not_yet_reaped_is_dead(tracker):
+    """A holder killed but not yet reaped by its parent (a zombie: a Ray worker before its raylet waits for it)
+    holds nothing: its claim is taken over at once, not after STALE_SECONDS."""
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tracker.create_claim("abc-seed0", {TAG_HOLDER: f"{socket.gethostname()}:{zombie.pid}",
+                                           TAG_HEARTBEAT: f"{time.time():.0f}", "gptvae.claimed_for": "child-1"})
+        assert Claim(tracker, "abc-seed0", "child-2").acquire() == "child-1"   # alive: it holds the setting
+        zombie.kill()
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            time.sleep(0.01)   # killed, and not waited for: a zombie
+        mine = Claim(tracker, "abc-seed0", "child-2")
+        assert mine.acquire() is None
+        mine.release()
+    finally:
+        zombie.kill()
+        zombie.wait()
 
 
 def test_a_dead_holder_is_taken_over(tracker):
