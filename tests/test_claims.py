@@ -5,8 +5,8 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import psutil
 import pytest
 
 from gptvae.errors import ClaimLostError
@@ -40,7 +40,7 @@ def test_a_killed_holder_not_yet_reaped_is_dead(tracker):
                                            TAG_HEARTBEAT: f"{time.time():.0f}", "gptvae.claimed_for": "child-1"})
         assert Claim(tracker, "abc-seed0", "child-2").acquire() == "child-1"   # alive: it holds the setting
         zombie.kill()
-        while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
             time.sleep(0.01)   # killed, and not waited for: a zombie
         mine = Claim(tracker, "abc-seed0", "child-2")
         assert mine.acquire() is None
