@@ -526,7 +526,8 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
     ksweep = res["ksweep"]
     ksweep = ksweep[(ksweep.split == "valid") & ksweep.run_id.isin(runs[runs.experiment == spec.experiment].run_id)] \
         if not ksweep.empty and not in_study(spec) else ksweep.iloc[0:0]
-    if not ksweep.empty:   # a sweep outside the main study draws its own K sweep (its corpus, its scale)
+    if ksweep.run_id.isin(shown).any():   # a sweep outside the main study draws its own K sweep (its corpus, its
+        # scale), when one of its own latent runs has one: a linked LM row alone (flat in K) is no K sweep
         labels = ksweep_labels(runs[runs.experiment == spec.experiment], ksweep, where)
         tables["ksweep"] = ksweep_table(ksweep, labels)
         atomic_write_text(where["tables"] / f"{spec.name}_ksweep.md", tables["ksweep"])

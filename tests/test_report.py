@@ -305,6 +305,14 @@ def test_a_free_transformer_sweep_with_a_gptvae_row_goes_from_the_store_to_its_t
     assert "majority class (nan" not in use
     assert "### GPTVAE, 67 bits in all" in (where["tables"] / "kappa_samples.md").read_text()
     assert pngs and all(p.is_file() for p in pngs)
+    assert not (where["tables"] / "kappa_ksweep.md").exists()   # none of its runs was K-swept
+    # nor when the LM row alone has a K sweep (the main study's LM, linked into yelp's κ sweep): flat in K, no study
+    lm = runs[runs.kind == "lm"].run_id.iloc[0]
+    pd.DataFrame([{"run_id": lm, "split": "valid", "eval_seed": 0, "n_sequences": 32, "n_tokens": 2144, "K": k,
+                   "iw_nll": 30.0, "iw_nll_per_token": 0.45} for k in (1, 10)]).to_csv(where["results"] / "ksweep.csv",
+                                                                                        index=False)
+    _, pngs = ablation_report("kappa", where=where)
+    assert not (where["tables"] / "kappa_ksweep.md").exists() and not any("ksweep" in p.name for p in pngs)
 
     # beside a study of GPTVAE on yelp (made up, as test_paper makes it): the setup and the verdicts read only
     # that study, and the κ section reads its own runs, with Fleuret's regimes as a table
