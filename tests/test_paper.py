@@ -288,6 +288,28 @@ def test_fleurets_regimes_are_worded_by_their_measures(tmp_path, position_lift, 
     assert best["gap"].interval.estimate == pytest.approx(0.3 / 67, abs=2e-3) and best["share"] < 0.02
 
 
+def test_seeds_that_ignore_the_latent_are_counted_by_the_swap_penalty_not_a_loose_bound(tmp_path):
+    """At κ = 8 bits the IW bound is loose (ESS < 2) and IW-NLL - Rec is large whatever the decoder does: a seed
+    counts as ignoring z when Rec with another sequence's latent equals Rec with its own, and a seed with
+    neither a swap penalty nor an estimable IW-NLL is not judged."""
+    from gptvae.report import PaperContext
+
+    where = _kappa_study(tmp_path / "study", position_lift=0.6, noise_lift=0.0)
+    runs = pd.read_csv(where["results"] / "runs.csv")
+    kappa8 = (runs.value == 8.0) & (runs.kind == "freetransformer")
+    runs.loc[kappa8, "valid.iw_ess_median"] = 1.5
+    runs.to_csv(where["results"] / "runs.csv", index=False)
+    for row in runs[kappa8].itertuples():
+        path = where["results"] / "sentences" / f"{row.run_id}.valid.csv"
+        frame = pd.read_csv(path)
+        if row.seed < 2:   # seed 0: a constant code the decoder cannot tell apart; seed 1: a code it reads
+            frame["rec_other"] = frame.rec + (0.0 if row.seed == 0 else 2.0)
+        frame.to_csv(path, index=False)
+    ctx = PaperContext(where, tmp_path)
+    assert ctx.collapsed("ablation-kappa", 8.0) == "1 of 3 (1 not judged: no swap penalty, ESS below 2)"
+    assert ctx.use("ablation-kappa", 8.0).word.startswith("n/a: ESS 1.5")
+
+
 @pytest.mark.parametrize("offset,word", [(-2.0, "below the entropy"), (3.0, "more than 2% above")])
 def test_an_estimate_off_the_exact_entropy_is_named_by_its_interval(tmp_path, offset, word):
     from gptvae.report import PaperContext
