@@ -719,8 +719,9 @@ class PaperContext:
         return _of_setting(runs, spec.family, setting)
 
     def value(self, experiment: str, metric: str, setting=None, *, digits: int = 2) -> str:
-        """A metric at one setting (None: the LM baseline): the mean over seeds with its 95% t interval,
-        "n/a" with the reason where the estimator cannot support it; its run ids are cited."""
+        """A metric at one setting (None: the LM baseline): the mean over seeds with its 95% t interval (the
+        IW-NLL per token: the tables' interval over seeds and sentences), "n/a" with the reason where the
+        estimator cannot support it; its run ids are cited."""
         rows = self._rows(experiment, setting)
         if rows.empty or metric not in rows or rows[metric].isna().all():
             raise KeyError(f"no {metric} for {experiment} at {setting!r} in the exported results")
@@ -732,6 +733,10 @@ class PaperContext:
             return mi_text(rows, split, digits)
         if name == "au":
             return count_text(rows[metric])
+        if name == "iw_nll_per_token":   # the likelihood tables' interval: over seeds and sentences (stats.paired)
+            data = _per_seed(rows, self.where["results"], split)
+            if len(data) == rows.seed.nunique():
+                return paired(data, None, "iw_nll", per_token=True).format(digits)
         return over_seeds(rows[metric], bounds(metric)).format(digits)
 
     def has_value(self, experiment: str, metric: str, setting=None) -> bool:

@@ -310,6 +310,21 @@ def test_seeds_that_ignore_the_latent_are_counted_by_the_swap_penalty_not_a_loos
     assert ctx.use("ablation-kappa", 8.0).word.startswith("n/a: ESS 1.5")
 
 
+def test_the_prose_prints_the_likelihood_tables_interval(tmp_path):
+    """An IW-NLL in the text carries the interval of the table beside it (over seeds and sentences), not a
+    t interval over the seeds' means alone, which leaves out the sentences' sampling."""
+    from gptvae.report import PaperContext, comparison_table
+    from gptvae.results import load_results
+    from gptvae.sweep import load_spec
+
+    where = _kappa_study(tmp_path / "study", position_lift=0.6, noise_lift=0.0)
+    table = comparison_table(load_results(where["results"])["runs"], load_spec(where["experiments"] / "kappa.toml"),
+                             where["results"])
+    row = next(line for line in table.splitlines() if line.startswith("| κ = 1 |"))
+    text = PaperContext(where, tmp_path).value("ablation-kappa", "valid.iw_nll_per_token", 1.0, digits=3)
+    assert row.split(" | ")[2] == text and "[" in text
+
+
 @pytest.mark.parametrize("offset,word", [(-2.0, "below the entropy"), (3.0, "more than 2% above")])
 def test_an_estimate_off_the_exact_entropy_is_named_by_its_interval(tmp_path, offset, word):
     from gptvae.report import PaperContext
