@@ -1050,8 +1050,27 @@ class PaperContext:
         """Distinct values of a column in an experiment's runs (e.g. 'seed', 'run_id')."""
         return int(self.all_runs[self.all_runs.experiment == experiment][column].nunique())
 
-    def seeds(self, experiment: str) -> int:
-        return int(self.all_runs[self.all_runs.experiment == experiment].seed.nunique())
+    def seeds(self, experiment: str, *, kind: str | None = None) -> int:
+        """How many seeds an experiment's runs (of one kind: "lm", "vae", "freetransformer") have."""
+        rows = self.all_runs[self.all_runs.experiment == experiment]
+        return int((rows[rows.kind == kind] if kind else rows).seed.nunique())
+
+    def precisions(self, experiment: str) -> str:
+        """How an experiment's runs trained, by precision and seed: "bf16 autocast (seed 0), fp32 (seed 1)", with
+        the runs exported before the precision was recorded named as such. A comparison between seeds trained in
+        different precisions mixes the two, and the reader must be able to see it."""
+        rows = self.all_runs[self.all_runs.experiment == experiment]
+        recorded = rows[PRECISION] if PRECISION in rows else pd.Series(np.nan, index=rows.index)
+        names = {"bf16": "bf16 autocast", "fp32": "fp32", "mixed": "partly bf16, partly fp32"}
+        unrecorded = "a precision not recorded (exported before it was)"
+        label = recorded.map(lambda p: unrecorded if pd.isna(p) else names.get(str(p), unrecorded))
+        parts = []
+        for name, group in rows.assign(label=label).groupby("label", sort=True):
+            seeds = sorted(int(s) for s in group.seed.unique())
+            runs = f"{len(group)} run{'s' if len(group) != 1 else ''}, seed{'s' if len(seeds) != 1 else ''} " \
+                   f"{', '.join(map(str, seeds))}"
+            parts.append(f"{name}: {runs}")
+        return "; ".join(parts)
 
     def ablations(self) -> list[SweepSpec]:
         """Every spec whose sweep has exported runs, by name: the paper's generic sections loop over these."""
@@ -1154,7 +1173,10 @@ class PaperContext:
 
     def regimes(self, experiment: str) -> list[dict]:
         """Fleuret's four κ regimes (FLEURET), each confirmed or not by its measure: setting, the claim, the
-        evidence (numbers with intervals) and the word ("holds", "does not hold", "not resolved")."""
+        evidence (numbers with intervals) and the word: "holds", "not reproduced" (by this model at this budget),
+        "not resolved", or "not comparable (κ ≥ H)": H independent bits carry at most H bits a position, so at
+        κ >= H, max(KL_t, κ) = κ for every posterior and the KL has no gradient (a free autoencoder); Fleuret's
+        κ = 8 bits is half of his H = 16."""
         spec = self.specs[experiment]
         if spec.base.get("objective.free_bits_unit") != "bits":
             return []
@@ -1171,15 +1193,15 @@ class PaperContext:
                 use, vs_lm = self.use(experiment, kappa), self.compare(experiment, kappa, "lm")
                 evidence = [f"IW-NLL − Rec {use} (*{use.word}*)", f"IW-NLL against the LM {vs_lm} (*{vs_lm.word}*)"]
                 word = ("holds" if use.word == "ignores z" and vs_lm.word == "ties" else
-                        "does not hold" if use.word == "uses z" else "not resolved")
+                        "not reproduced" if use.word == "uses z" else "not resolved")
             elif kappa == FLEURET_POSITION:
                 word = ("holds" if words["position"] == "controls" and words["noise"] == "no control" else
-                        "does not hold" if "no control" == words["position"] or words["noise"] == "controls" else
+                        "not reproduced" if "no control" == words["position"] or words["noise"] == "controls" else
                         "not resolved")
             elif kappa == FLEURET_NOISE:
                 both = (words["position"], words["noise"])
                 word = ("holds" if both == ("controls", "controls") else
-                        "does not hold" if "no control" in both else "not resolved")
+                        "not reproduced" if "no control" in both else "not resolved")
             else:
                 formed = self.change(experiment, "valid.control_well_formed", kappa, "reference") \
                     if not self._rows(experiment, "reference").empty else None
@@ -1188,8 +1210,12 @@ class PaperContext:
                                 "well-formed samples: no reference to pair with")
                 every = set(words.values())
                 word = ("holds" if every == {"controls"} and formed and formed.word == "falls" else
-                        "does not hold" if "no control" in every or (formed and formed.word == "rises") else
+                        "not reproduced" if "no control" in every or (formed and formed.word == "rises") else
                         "not resolved")
+            bits = _logged(self._rows(experiment, kappa), "model.latent_bits")
+            if kappa >= bits:
+                evidence.append(f"κ ≥ H = {bits:g} bits: the KL is at most H bits a position, so it has no gradient")
+                word = "not comparable (κ ≥ H)"
             out.append({"setting": spec.setting(kappa), "claim": claim, "evidence": "; ".join(evidence),
                         "word": word, "collapsed": self.collapsed(experiment, kappa)})
         return out
@@ -1235,7 +1261,7 @@ class PaperContext:
                  "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
                  "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "closest", "lift", "collapsed",
-                 "regimes")
+                 "regimes", "precisions")
         return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}
 
 
