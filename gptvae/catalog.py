@@ -34,23 +34,24 @@ class Metric:
 
 ACCURACY = (0.0, 1.0)
 PERCENT = (0.0, 100.0)   # sacreBLEU's scale
+NLL = (0.0, math.inf)   # a negative log-likelihood of discrete tokens, or a bound on one
 # BLEU counts whitespace-separated words, and a synthetic sequence is one word of 66 characters
 ONE_WORD = (("synthetic", "a synthetic sequence is one word, so its word BLEU is 0 unless the reconstruction "
                           "is exact"),)
 
 METRICS: dict[str, Metric] = {m.key: m for m in (
-    Metric("valid.neg_elbo", "-ELBO", "nats/sequence"),
-    Metric("valid.rec", "Rec", "nats/sequence"),
+    Metric("valid.neg_elbo", "-ELBO", "nats/sequence", bounds=NLL),
+    Metric("valid.rec", "Rec", "nats/sequence", bounds=NLL),
     Metric("valid.kl", "KL", "nats/sequence", latent_only=True, bounds=(0.0, math.inf)),
     Metric("valid.mi", "MI", "nats", latent_only=True),
     Metric("valid.au", "AU", digits=1, latent_only=True, axis_label="active units", bounds=(0.0, math.inf)),
-    Metric("valid.iw_nll", "IW-NLL", "nats/sequence"),
-    Metric("valid.iw_nll_per_token", "IW-NLL", "nats/token"),
-    Metric("valid.ppl", "PPL", digits=1, axis_label="PPL (IW-NLL)"),
-    Metric("valid.lm_nll", "NLL (z masked)", "nats/sequence"),
+    Metric("valid.iw_nll", "IW-NLL", "nats/sequence", bounds=NLL),
+    Metric("valid.iw_nll_per_token", "IW-NLL", "nats/token", bounds=NLL),
+    Metric("valid.ppl", "PPL", digits=1, axis_label="PPL (IW-NLL)", bounds=(1.0, math.inf)),
+    Metric("valid.lm_nll", "NLL (z masked)", "nats/sequence", bounds=NLL),
     Metric("valid.lm_nll_per_token", "NLL (z masked)", "nats/token",
-           axis_label="NLL, latent masked (nats/token)"),
-    Metric("valid.nll_bound_per_token", "-ELBO", "nats/token", axis_label="-ELBO (nats/token)"),
+           axis_label="NLL, latent masked (nats/token)", bounds=NLL),
+    Metric("valid.nll_bound_per_token", "-ELBO", "nats/token", axis_label="-ELBO (nats/token)", bounds=NLL),
     Metric("valid.mi_noise", "MI noise", "nats", latent_only=True),
     Metric("valid.mi_ceiling", "log N", "nats", latent_only=True),
     Metric("valid.iw_ess_median", "ESS", digits=1, latent_only=True, axis_label="IW effective sample size"),

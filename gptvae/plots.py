@@ -124,6 +124,14 @@ def _reference_lines(ax, runs: pd.DataFrame, experiment: str, key: str) -> None:
             and rows[exact].notna().any():   # the synthetic task's entropy: the floor no estimate may pass
         ax.axhline(rows[exact].mean(), color="tab:green", linestyle="-.", linewidth=1,
                    label="exact entropy of the data")
+    mode, tokens, sequences = "objective.free_bits_mode", f"{split}.n_tokens", f"{split}.n_sequences"
+    if key.endswith(".kl") and all(c in rows for c in (mode, tokens, sequences, "objective.free_bits_nats")):
+        floored = rows[rows[mode] == "per_token"]   # a floor at every position: a sequence's KL up to it is free
+        if not floored.empty:
+            budget = (floored["objective.free_bits_nats"] * floored[tokens] / floored[sequences]).groupby(
+                floored["value"]).mean()
+            ax.plot(budget.index, budget.values, color="tab:orange", linestyle=":", marker="_", linewidth=1,
+                    label="free budget: floor × tokens")
     if ".control_" in key and key.endswith("_shared"):
         measure = key.split(".control_", 1)[1].removesuffix("_shared")
         independent, chance = f"{split}.control_{measure}_independent", f"{split}.control_{measure}_chance"
@@ -183,49 +191,90 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
     return fig
 
 
+def _beside(grid: dict[float, float], count: int, names=None) -> list[float]:
+    """Axis positions for `count` rows beside a factor's grid (another family compared with it): one step past
+    its last value each, the step a factor of the grid's own scale."""
+    values = sorted(grid)
+    if names or not values:
+        return [(values[-1] if values else -1) + 1.0 + i for i in range(count)]
+    if _scale(values)[0] == "symlog":
+        return [values[-1] * 4.0 ** (i + 1) for i in range(count)]
+    step = (values[-1] - values[0]) / max(len(values) - 1, 1) or 1.0
+    return [values[-1] + step * (i + 1) for i in range(count)]
+
+
 def paired_differences(frame: pd.DataFrame, *, factor_label: str, margin: float, names=None):
     """What the likelihood table says, drawn: each setting's IW-NLL minus the LM's and minus the reference
     setting's, paired per seed and per sentence, with the table's 95% interval (`gptvae.report.differences`)
     and its word. The ±margin band is where a difference *ties*. Absolute values with bars over seeds
-    (the metrics figure) cannot show this: the seed effect shared by both settings cancels only when paired."""
+    (the metrics figure) cannot show this: the seed effect shared by both settings cancels only when paired.
+    A setting the estimator cannot support keeps its place on the axis, marked n/a; a row of another family
+    (frame.name set) is drawn beside the grid, past a dotted line, under its own name."""
+    frame = frame.assign(name=frame["name"] if "name" in frame else None)
     panels = list(dict.fromkeys(frame["against"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
-    at = _positions(frame["value"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 0.8 * frame["name"].nunique(), 3.8),
+                             squeeze=False)
+    grid = frame[frame["name"].isna()]
+    at = _positions(grid["value"])
+    others = list(dict.fromkeys(frame["name"].dropna()))
+    spots = dict(zip(others, _beside(at, len(others), names)))
+
+    def x(row) -> float:
+        return spots[row.name] if isinstance(row.name, str) else at[row.value]
+
     for ax, against in zip(axes.flat, panels):
-        part = frame[frame["against"] == against].sort_values("value")
+        part = frame[frame["against"] == against]
+        part = pd.concat([part[part["name"].isna()].sort_values("value"), part[part["name"].notna()]])
+        known = part[part["estimate"].notna()]
         ax.axhspan(-margin, margin, color="tab:green", alpha=0.12, linewidth=0, label=f"ties (±{margin:g})")
         ax.axhline(0, color="0.35", linewidth=0.8)
         # a linear axis, zoomed on the differences near the tie band when a large one beside them would flatten
         # them; a difference beyond the window is an arrow at its edge with its numbers printed (no log scale,
         # which would draw the band and an interval's two halves at different scales)
-        small = part[part["estimate"].abs() <= 10 * margin]
+        small = known[known["estimate"].abs() <= 10 * margin]
         limit = None
-        if (part["estimate"].abs() > 20 * margin).any():
+        if (known["estimate"].abs() > 20 * margin).any():
             limit = 1.3 * max(3 * margin, float(small[["low", "high"]].abs().to_numpy().max()) if len(small) else 0.0)
-        inside = part if limit is None else part[(part["low"] >= -limit) & (part["high"] <= limit)]
-        ax.errorbar(inside["value"].map(at), inside["estimate"],
+        inside = known if limit is None else known[(known["low"] >= -limit) & (known["high"] <= limit)]
+        ax.errorbar([x(r) for r in inside.itertuples()], inside["estimate"],
                     yerr=[inside["estimate"] - inside["low"], inside["high"] - inside["estimate"]],
                     marker="o", linestyle="none", capsize=3, color="tab:blue", label="paired difference, 95%")
         beyond = 0   # off-scale differences so far: their labels alternate between two rows of the band
         for i, row in enumerate(part.itertuples()):   # neighbours' words alternate above and below their bars
+            if pd.isna(row.estimate):   # the estimator cannot support it: its place on the axis, marked
+                ax.annotate(row.word, (x(row), 0.5), xycoords=("data", "axes fraction"), ha="center",
+                            va="center", fontsize=8, color="tab:red", rotation=90)
+                continue
             seeds = "" if "seed" in row.word else f"({row.seeds} seed{'s' * (row.seeds > 1)})"
             if row.Index in inside.index:
                 above = i % 2 == 0
-                ax.annotate(f"{row.word}\n{seeds}".strip(), (at[row.value], row.high if above else row.low),
+                ax.annotate(f"{row.word}\n{seeds}".strip(), (x(row), row.high if above else row.low),
                             textcoords="offset points", xytext=(0, 4 if above else -4), ha="center",
                             va="bottom" if above else "top", fontsize=7)
                 continue
             up = row.estimate > 0
             edge = 1.06 * limit * (1 if up else -1)
-            ax.plot([at[row.value]], [edge], marker="^" if up else "v", color="tab:blue", linestyle="none")
+            ax.plot([x(row)], [edge], marker="^" if up else "v", color="tab:blue", linestyle="none")
             lift = 4 + 22 * (beyond % 2)
             beyond += 1
             ax.annotate(f"{row.word} {seeds}".strip() + f"\n{row.estimate:+.3f} [{row.low:.3f}, {row.high:.3f}]",
-                        (at[row.value], edge), textcoords="offset points", xytext=(0, lift if up else -lift),
+                        (x(row), edge), textcoords="offset points", xytext=(0, lift if up else -lift),
                         ha="center", va="bottom" if up else "top", fontsize=6.5, color="tab:blue")
         _x_axis(ax, at, factor_label, names)
+        if spots:   # the rows of another family, past a dotted line, under their names
+            ticks, labels = list(ax.get_xticks()), [t.get_text() for t in ax.get_xticklabels()]
+            ax.set_xticks(ticks + list(spots.values()))
+            ax.set_xticklabels(labels + [name.replace(", ", ",\n", 1) for name in spots], fontsize=9)
+            for label in ax.get_xticklabels()[len(ticks):]:
+                label.set_rotation(0)
+            last, first = max(at) if at else 0.0, min(spots.values())
+            middle = (last * first) ** 0.5 if ax.get_xscale() == "symlog" and last > 0 else (last + first) / 2
+            ax.axvline(middle, color="0.6", linestyle=":", linewidth=1)
+            left = ax.get_xlim()[0]
+            far = max(spots.values())
+            ax.set_xlim(left, far * 1.6 if ax.get_xscale() == "symlog" else far + 0.5 * (far - middle) + 0.5)
         if limit is not None:   # the axis to ±limit, and a shaded band beyond it for what lies further out
-            out = part.drop(inside.index)
+            out = known.drop(inside.index)
             top = 2.4 * limit if (out["estimate"] > 0).any() else limit
             bottom = -2.4 * limit if (out["estimate"] < 0).any() else -limit
             for lo, hi in ((limit, top), (bottom, -limit)):
@@ -238,7 +287,8 @@ def paired_differences(frame: pd.DataFrame, *, factor_label: str, margin: float,
             ax.margins(y=0.25)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle("Paired differences in IW-NLL on validation (per seed and per sentence), 95% intervals\n"
-                 "(a difference beyond the axis is an arrow in the grey band, its numbers printed)", fontsize=10)
+                 "(a difference beyond the axis is an arrow in the grey band, its numbers printed; n/a: the "
+                 "estimator cannot support it)", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
@@ -261,10 +311,15 @@ def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str, n
                     arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.5))
     base = _baseline(runs, experiment, "valid.rec")
     if base is not None:   # -ELBO = Rec + KL equal to the LM's NLL: points above the line have a looser bound
-        rate = np.linspace(0, max(float(kl["mean"].max()), 1e-3) * 1.05, 50)
+        # up to Rec = 0: a distortion (a negative log-likelihood of tokens) is never negative
+        rate = np.linspace(0, min(max(float(kl["mean"].max()), 1e-3) * 1.05, base[0]), 200)
         ax.plot(rate, base[0] - rate, color="0.35", linestyle="--", linewidth=1, label="Rec + KL = LM NLL")
         ax.legend(loc="best")
-    ax.set_xlabel("rate: KL (nats/sequence)")
+    top = float((kl["mean"] + kl["high"]).max()) if len(kl) else 0.0
+    if top > 20:   # rates from ~0 to hundreds of nats: a symmetric log axis keeps the small ones apart
+        ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=0.0)
+    ax.set_xlabel("rate: KL (nats/sequence)" + (", symlog scale" if top > 20 else ""))
     ax.set_ylabel("distortion: Rec (nats/sequence)")
     ax.set_title(f"Rate against distortion (points labelled with {factor_label})")
     fig.tight_layout()

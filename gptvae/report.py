@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from gptvae import plots
-from gptvae.catalog import ESS_FLOOR, ESTIMATED, bounds, mi_at_ceiling, not_estimable, undefined
+from gptvae.catalog import ESS_FLOOR, ESTIMATED, NLL, bounds, mi_at_ceiling, not_estimable, undefined
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
 from gptvae.results import PRECISION, load_results, load_sentences
@@ -193,7 +193,7 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
             lines.append(f"| {label} | {len(rows)} | no per-sentence results on {split} |" + " |" * (len(header) - 3))
             continue
         reason = not_estimable(rows, split)
-        iw = reason or paired(seeds, None, "iw_nll", per_token=True).format(3)
+        iw = reason or paired(seeds, None, "iw_nll", per_token=True).clipped(NLL).format(3)
 
         def versus(other: str) -> str:
             if other == label or not data.get(other) or reason or not_estimable(by_label[other], split):
@@ -203,8 +203,8 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
 
         cells = [label, str(len(seeds)), iw, "–" if label == "LM baseline" else _low_ess_share(seeds),
                  versus(reference), versus("LM baseline"),
-                 paired(seeds, None, "neg_elbo", per_token=True).format(3),
-                 paired(seeds, None, "lm_nll", per_token=True).format(3),
+                 paired(seeds, None, "neg_elbo", per_token=True).clipped(NLL).format(3),
+                 paired(seeds, None, "lm_nll", per_token=True).clipped(NLL).format(3),
                  _converged(rows), _settled_cell(history, label, by_label, reference)]
         lines.append("| " + " | ".join(cells) + " |")
     k = _protocol(runs, spec, split, "iw_samples")
@@ -230,23 +230,31 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
 def differences(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: str = "valid") -> pd.DataFrame:
     """The likelihood table's paired differences as a frame, for the figure that shows what the table says:
     one row per setting and comparison (against the LM and the reference), with the estimate, its 95%
-    interval, the seeds it paired and its word. A setting whose IW-NLL is no estimate is left out."""
+    interval, the seeds it paired and its word. A setting whose IW-NLL is no estimate keeps its place, its
+    estimate NaN and its word "n/a (ESS)"; a comparison row (another family beside the grid) has value NaN
+    and its label in `name`."""
     settings = _setting_rows(runs, spec)
     data = {label: _per_seed(rows, results_dir, split) for label, _, rows in settings}
     estimable = {label: not not_estimable(rows, split) for label, _, rows in settings}
     reference = spec.setting(spec.reference_value)
     out = []
     for label, value, _ in settings:
-        if value is None or isinstance(value, ComparisonRow) or not data[label] or not estimable[label]:
-            continue   # the figure draws the grid on the factor's axis; a comparison row has no place on it
+        if value is None or not data[label]:
+            continue
+        beside = isinstance(value, ComparisonRow)
+        position = np.nan if beside else spec.values.index(value) if spec.categorical else value   # as runs.value
         for against in ("LM baseline", reference):
-            if against == label or not data.get(against) or not estimable[against]:
+            if against == label or not data.get(against):
+                continue
+            row = {"value": position, "name": label if beside else None, "against": against}
+            if not (estimable[label] and estimable[against]):
+                out.append(row | {"estimate": np.nan, "low": np.nan, "high": np.nan, "seeds": len(data[label]),
+                                  "word": "n/a (ESS)"})
                 continue
             diff = paired(data[label], data[against], "iw_nll", per_token=True)
-            position = spec.values.index(value) if spec.categorical else value   # as runs.value holds it
-            out.append({"value": position, "against": against, "estimate": diff.estimate, "low": diff.low,
-                        "high": diff.high, "seeds": diff.seeds, "word": verdict(diff, margin=MARGIN)})
-    return pd.DataFrame(out, columns=["value", "against", "estimate", "low", "high", "seeds", "word"])
+            out.append(row | {"estimate": diff.estimate, "low": diff.low, "high": diff.high, "seeds": diff.seeds,
+                              "word": verdict(diff, margin=MARGIN)})
+    return pd.DataFrame(out, columns=["value", "name", "against", "estimate", "low", "high", "seeds", "word"])
 
 
 def _protocol(runs: pd.DataFrame, spec: SweepSpec, split: str, key: str) -> str:
@@ -502,7 +510,9 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
     atomic_write_text(where["tables"] / f"{spec.name}_samples.md", samples_table(res["samples"], runs, spec))
 
     names = _names(spec)
-    # the figures draw the factor's axis: rows of another family have no place on it (the tables hold them)
+    # the figures draw the factor's axis: rows of another family have no place on it (the tables hold them);
+    # the differences figure draws them beside it
+    paired_frame = differences(runs, spec, where["results"])
     runs = runs[(runs.experiment != spec.experiment) | runs.kind.isin([spec.family, BASELINE])]
     figures = {
         "metrics": plots.metrics_vs_factor(runs, spec.experiment, factor_label=spec.label, names=names,
@@ -510,7 +520,6 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
         "rate_distortion": plots.rate_distortion(runs, spec.experiment, factor_label=spec.label, names=names),
         "curves": plots.training_curves(res["history"], runs, spec.experiment, factor_label=spec.label, names=names),
     }
-    paired_frame = differences(runs, spec, where["results"])
     if not paired_frame.empty:
         figures["differences"] = plots.paired_differences(paired_frame, factor_label=spec.label, names=names,
                                                           margin=MARGIN)
@@ -519,9 +528,12 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
         figures["units"] = plots.unit_information(res["units"], runs, spec.experiment, factor_label=spec.label,
                                                   names=names)
     points = res["posterior_means"]
-    label_column = next((c for c in ("sentiment", "position") if c in points), None)
+    points = points[points.run_id.isin(shown)] if "run_id" in points else points
+    # the label this corpus has (sentiment on yelp, the letter's position on the synthetic task): the other
+    # is a column of the shared CSV, empty for these runs
+    label_column = next((c for c in ("sentiment", "position") if c in points and points[c].notna().any()), None)
     if label_column and points.run_id.isin(shown).any():   # runs trained before runs logged them have none
-        figures["posterior"] = plots.posterior_means(res["posterior_means"], runs, spec.experiment,
+        figures["posterior"] = plots.posterior_means(points, runs, spec.experiment,
                                                      label=label_column, symbol=spec.symbol, names=names)
     ksweep = res["ksweep"]
     ksweep = ksweep[(ksweep.split == "valid") & ksweep.run_id.isin(runs[runs.experiment == spec.experiment].run_id)] \
@@ -736,7 +748,7 @@ class PaperContext:
         if name == "iw_nll_per_token":   # the likelihood tables' interval: over seeds and sentences (stats.paired)
             data = _per_seed(rows, self.where["results"], split)
             if len(data) == rows.seed.nunique():
-                return paired(data, None, "iw_nll", per_token=True).format(digits)
+                return paired(data, None, "iw_nll", per_token=True).clipped(NLL).format(digits)
         return over_seeds(rows[metric], bounds(metric)).format(digits)
 
     def has_value(self, experiment: str, metric: str, setting=None) -> bool:
@@ -1216,8 +1228,8 @@ class PaperContext:
             if kappa >= bits:
                 evidence.append(f"κ ≥ H = {bits:g} bits: the KL is at most H bits a position, so it has no gradient")
                 word = "not comparable (κ ≥ H)"
-            out.append({"setting": spec.setting(kappa), "claim": claim, "evidence": "; ".join(evidence),
-                        "word": word, "collapsed": self.collapsed(experiment, kappa)})
+            out.append({"setting": spec.setting(kappa), "kappa": kappa, "claim": claim,
+                        "evidence": "; ".join(evidence), "word": word, "collapsed": self.collapsed(experiment, kappa)})
         return out
 
     def study(self) -> list[SweepSpec]:

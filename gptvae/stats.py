@@ -19,7 +19,7 @@ an interval over sentences only and no word.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,12 @@ class Interval:
         if math.isnan(self.low):
             return f"{self.estimate:{sign}.{digits}f}"
         return f"{self.estimate:{sign}.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+    def clipped(self, bounds: tuple[float, float]) -> "Interval":
+        """The interval within the values the quantity can take: a t interval of a mean of three can reach
+        past 0 for a likelihood; the estimate itself is a mean of values within them and stays."""
+        lowest, highest = bounds
+        return replace(self, low=min(max(self.low, lowest), highest), high=max(min(self.high, highest), lowest))
 
     @property
     def excludes_zero(self) -> bool:

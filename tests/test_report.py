@@ -305,6 +305,9 @@ def test_a_free_transformer_sweep_with_a_gptvae_row_goes_from_the_store_to_its_t
     assert "majority class (nan" not in use
     assert "### GPTVAE, 67 bits in all" in (where["tables"] / "kappa_samples.md").read_text()
     assert pngs and all(p.is_file() for p in pngs)
+    # the differences figure draws the comparison row beside the grid, under its name
+    from gptvae.report import differences
+    assert "GPTVAE, 67 bits in all" in set(differences(runs, spec, where["results"]).name)
     assert not (where["tables"] / "kappa_ksweep.md").exists()   # none of its runs was K-swept
     # nor when the LM row alone has a K sweep (the main study's LM, linked into yelp's κ sweep): flat in K, no study
     lm = runs[runs.kind == "lm"].run_id.iloc[0]

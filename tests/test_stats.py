@@ -364,7 +364,7 @@ def test_a_table_reads_the_widest_evaluation_all_its_runs_share():
 
 def test_the_differences_figure_draws_the_tables_numbers(tmp_path):
     """The paired-differences figure reads the very intervals and words the likelihood table prints, and a
-    setting the estimator cannot support is not drawn."""
+    setting the estimator cannot support keeps its place on the axis, marked n/a, with no number drawn."""
     from gptvae import plots
     from gptvae.report import comparison_table, differences
     from gptvae.sweep import load_spec
@@ -390,7 +390,12 @@ def test_the_differences_figure_draws_the_tables_numbers(tmp_path):
     assert (tmp_path / "d.png").stat().st_size > 10_000
     runs["valid.iw_ess_median"] = runs["valid.iw_ess_median"].astype(float)
     runs.loc[runs.value == 1.0, "valid.iw_ess_median"] = 1.2
-    assert 1.0 not in set(differences(runs, spec, tmp_path).value)
+    frame = differences(runs, spec, tmp_path).set_index(["value", "against"])
+    unsupported = frame.loc[(1.0, "LM baseline")]   # keeps its place on the axis, with no number drawn
+    assert unsupported.word == "n/a (ESS)" and pd.isna(unsupported.estimate)
+    fig = plots.paired_differences(frame.reset_index(), factor_label=spec.label, margin=0.01)
+    assert any(t.get_text() == "n/a (ESS)" for t in fig.axes[0].texts)
+    assert 1.0 in fig.axes[0].get_xticks()
 
 
 def test_the_comparison_table_reads_each_runs_widest_evaluation(tmp_path):
