@@ -1106,7 +1106,8 @@ class PaperContext:
         """IW-NLL minus the exact NLL, paired per sentence and seed (nats/token), and its word: "below the
         entropy" when the whole interval is below 0 (no model can beat the data: an estimator fault),
         "within 2%" when its upper end lies within 2% of the entropy, "more than 2% above" when its lower end
-        lies beyond that, and "not resolved" when the interval straddles the 2% line."""
+        lies beyond that, and "straddles 2%" when the interval does (its own word: "not resolved" is said of a
+        difference whose interval holds 0)."""
         rows = self._rows(experiment, setting)
         if rows.empty:
             raise KeyError(f"{experiment}: no exported runs for {setting!r}")
@@ -1120,7 +1121,7 @@ class PaperContext:
         entropy = self.entropy(experiment, split=split)
         share = ENTROPY_SHARE * entropy
         word = ("below the entropy" if diff.high < 0 else "within 2%" if diff.high <= share else
-                "more than 2% above" if diff.low > share else "not resolved")
+                "more than 2% above" if diff.low > share else "straddles 2%")
         return Comparison(diff, word)
 
     def closest(self, experiment: str, *, split: str = "valid") -> dict | None:
