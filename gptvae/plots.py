@@ -217,6 +217,7 @@ def paired_differences(frame: pd.DataFrame, *, factor_label: str, margin: float,
     grid = frame[frame["name"].isna()]
     at = _positions(grid["value"])
     others = list(dict.fromkeys(frame["name"].dropna()))
+    arrows = False   # whether any panel drew a difference beyond its axis
     spots = dict(zip(others, _beside(at, len(others), names)))
 
     def x(row) -> float:
@@ -252,7 +253,7 @@ def paired_differences(frame: pd.DataFrame, *, factor_label: str, margin: float,
                             textcoords="offset points", xytext=(0, 4 if above else -4), ha="center",
                             va="bottom" if above else "top", fontsize=7)
                 continue
-            up = row.estimate > 0
+            up, arrows = row.estimate > 0, True
             edge = 1.06 * limit * (1 if up else -1)
             ax.plot([x(row)], [edge], marker="^" if up else "v", color="tab:blue", linestyle="none")
             lift = 4 + 22 * (beyond % 2)
@@ -286,9 +287,10 @@ def paired_differences(frame: pd.DataFrame, *, factor_label: str, margin: float,
         if limit is None:
             ax.margins(y=0.25)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle("Paired differences in IW-NLL on validation (per seed and per sentence), 95% intervals\n"
-                 "(a difference beyond the axis is an arrow in the grey band, its numbers printed; n/a: the "
-                 "estimator cannot support it)", fontsize=10)
+    notes = ([] if not arrows else ["a difference beyond the axis is an arrow in the grey band, its numbers printed"]) \
+        + ([] if not frame["estimate"].isna().any() else ["n/a: the estimator cannot support it"])
+    fig.suptitle("Paired differences in IW-NLL on validation (per seed and per sentence), 95% intervals"
+                 + (f"\n({'; '.join(notes)})" if notes else ""), fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 

@@ -893,8 +893,8 @@ class PaperContext:
     def looseness(self, experiment: str, setting) -> dict | None:
         """How much further the IW-NLL of a setting falls from the tables' K to the K sweep's largest, per token
         (mean over its runs with a valid K sweep): a lower bound on how far its tabled IW-NLL overstates the NLL.
-        {"fall", "k", "top", "seeds", "which" (the swept seeds)}, or None where the setting has no K sweep at the
-        tables' K."""
+        {"fall", "k", "top", "seeds", "which" (the swept seeds), "at_top" (IW-NLL per token at the largest K),
+        "sentences"}, or None where the setting has no K sweep at the tables' K."""
         rows = self._rows(experiment, setting)
         ksweep = self.ksweep
         if rows.empty or ksweep.empty or "valid.iw_samples" not in rows:
@@ -909,7 +909,8 @@ class PaperContext:
         self._cite(rows[rows.run_id.isin(set(part.run_id))])
         swept = sorted(int(x) for x in rows.loc[rows.run_id.isin(set(table.index)), "seed"])
         return {"fall": float((table[k] - table[top]).mean()), "k": k, "top": top, "seeds": len(table),
-                "which": ", ".join(map(str, swept))}
+                "which": ", ".join(map(str, swept)), "at_top": float(table[top].mean()),
+                "sentences": int(part["n_sequences"].max()) if "n_sequences" in part else None}
 
     def bound_word(self, experiment: str, setting, against="reference") -> str:
         """The likelihood word of `compare`, with *costs* kept only where the interval's lower end exceeds
