@@ -532,7 +532,7 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
     # the label this corpus has (sentiment on yelp, the letter's position on the synthetic task): the other
     # is a column of the shared CSV, empty for these runs
     label_column = next((c for c in ("sentiment", "position") if c in points and points[c].notna().any()), None)
-    if label_column and points.run_id.isin(shown).any():   # runs trained before runs logged them have none
+    if label_column:   # none when no shown run has posterior means (runs trained before runs logged them)
         figures["posterior"] = plots.posterior_means(points, runs, spec.experiment,
                                                      label=label_column, symbol=spec.symbol, names=names)
     ksweep = res["ksweep"]
