@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,16 @@ def mi_at_ceiling(mi: float, ceiling: float) -> bool:
     return bool(math.isfinite(mi) and math.isfinite(ceiling) and mi >= ceiling - math.log(2))
 
 
+def value_text(value) -> str:
+    """A grid value as tables, figures and prose write it: 0.25, 64, cyclical, and 1/64 for a fraction
+    that %g would spell in six digits (0.015625) but a denominator up to 1,024 gives exactly."""
+    if isinstance(value, str):
+        return value
+    if float(f"{value:.3g}") != value and (exact := Fraction(value).limit_denominator(1024)) == value:
+        return f"{exact.numerator}/{exact.denominator}"
+    return f"{value:g}"
+
+
 def undefined(key: str, corpus: str) -> str | None:
     """Why `key` measures nothing on `corpus` (tables print n/a with it, figures leave its panel out), or None."""
     return dict(_on_any_split(key).undefined_on).get(corpus)
@@ -148,4 +159,4 @@ def _on_any_split(key: str) -> Metric:
 
 
 __all__ = ["ACCURACY", "ESS_FLOOR", "PERCENT", "bounds", "ESTIMATED", "FIGURE", "METRICS", "Metric", "metric", "mi_at_ceiling", "not_estimable",
-           "undefined"]
+           "undefined", "value_text"]

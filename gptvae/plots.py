@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from gptvae.catalog import ESS_FLOOR, ESTIMATED, FIGURE, bounds, metric, undefined
+from gptvae.catalog import ESS_FLOOR, ESTIMATED, FIGURE, bounds, metric, undefined, value_text
 from gptvae.families import BASELINE
 from gptvae.stats import over_seeds
 
@@ -72,7 +72,7 @@ def _draw_baseline(ax, base, *, label="LM baseline") -> None:
 
 def _name(value, names) -> str:
     """How a setting is written on an axis or in a legend: its name for a factor of names, else the number."""
-    return str(names[int(value)]) if names else f"{value:g}"
+    return str(names[int(value)]) if names else value_text(value)
 
 
 def _positions(values) -> dict[float, float]:
@@ -100,7 +100,7 @@ def _x_axis(ax, positions: dict[float, float], factor_label: str, names=None) ->
     name, kwargs = _scale(positions)
     ax.set_xscale(name, **kwargs)
     ax.set_xticks(list(positions.values()))
-    ax.set_xticklabels([f"{v:g}" for v in positions], rotation=45 if name == "symlog" else 0, fontsize=9)
+    ax.set_xticklabels([value_text(v) for v in positions], rotation=45 if name == "symlog" else 0, fontsize=9)
     ax.minorticks_off()
     if name == "symlog":   # no empty stretch of negative values left of a zero
         low, high = min(positions), max(positions)
@@ -301,16 +301,6 @@ def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str, n
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     ax.errorbar(kl["mean"], rec["mean"], xerr=[kl["low"], kl["high"]], yerr=[rec["low"], rec["high"]], marker="o",
                 linestyle="-" if not names else "none", capsize=3)
-    span = max(float(kl["mean"].max() - kl["mean"].min()), 1e-9)
-    rank = {i: r for r, i in enumerate(np.argsort(kl["mean"].to_numpy(), kind="stable"))}
-    for i, (value, x, y) in enumerate(zip(kl["value"], kl["mean"], rec["mean"])):
-        # points closer than 3% of the rate axis share a spot (collapsed settings): their labels fan out;
-        # elsewhere neighbours along the rate axis alternate above and below the curve
-        near = (kl["mean"] - x).abs() < 0.03 * span
-        place = int(near[: i + 1].sum()) - 1   # this point's place among its neighbours
-        offset = (8, 10 - 14 * place) if near.sum() > 1 else ((6, 8) if rank[i] % 2 == 0 else (6, -14))
-        ax.annotate(_name(value, names), (x, y), textcoords="offset points", xytext=offset, fontsize=9,
-                    arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.5))
     base = _baseline(runs, experiment, "valid.rec")
     if base is not None:   # -ELBO = Rec + KL equal to the LM's NLL: points above the line have a looser bound
         # up to Rec = 0: a distortion (a negative log-likelihood of tokens) is never negative
@@ -321,6 +311,23 @@ def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str, n
     if top > 20:   # rates from ~0 to hundreds of nats: a symmetric log axis keeps the small ones apart
         ax.set_xscale("symlog", linthresh=1.0)
     ax.set_ylim(bottom=0.0)
+    # labels are placed once the axes are final, by where the points land on the page: points within 20
+    # pixels of each other (collapsed settings, or 0 and 1/64 on a log axis) stack their labels on leader
+    # lines; elsewhere neighbours along the rate axis alternate above and below the curve
+    ax.autoscale_view()
+    page = ax.transData.transform(np.column_stack([kl["mean"].to_numpy(), rec["mean"].to_numpy()]))
+    order = np.argsort(page[:, 0], kind="stable")
+    rank = {int(i): r for r, i in enumerate(order)}
+    for i, (value, x, y) in enumerate(zip(kl["value"], kl["mean"], rec["mean"])):
+        near = np.flatnonzero(np.hypot(*(page - page[i]).T) < 20)
+        if len(near) > 1:   # away from the nearer edge of the axes: below a point in the upper half
+            place = sorted(near, key=lambda j: rank[int(j)]).index(i)
+            down = ax.transAxes.inverted().transform(page[i])[1] > 0.5
+            offset = (10 + 6 * place, -(14 + 13 * place) if down else 10 + 13 * place)
+        else:
+            offset = (6, 8) if rank[i] % 2 == 0 else (6, -14)
+        ax.annotate(_name(value, names), (x, y), textcoords="offset points", xytext=offset, fontsize=9,
+                    arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.5))
     ax.set_xlabel("rate: KL (nats/sequence)" + (", symlog scale" if top > 20 else ""))
     ax.set_ylabel("distortion: Rec (nats/sequence)")
     ax.set_title(f"Rate against distortion (points labelled with {factor_label})")

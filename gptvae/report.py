@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from gptvae import plots
-from gptvae.catalog import ESS_FLOOR, ESTIMATED, NLL, bounds, mi_at_ceiling, not_estimable, undefined
+from gptvae.catalog import ESS_FLOOR, ESTIMATED, NLL, bounds, mi_at_ceiling, not_estimable, undefined, value_text
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
 from gptvae.results import PRECISION, load_results, load_sentences
@@ -470,7 +470,7 @@ def setting_label(spec: SweepSpec | None, row) -> str:
     if row.kind == BASELINE:
         return "LM baseline"
     if spec is None:
-        return f"value = {row.value:g}"
+        return f"value = {value_text(row.value)}"
     for other in spec.compare:
         if row.kind == other.kind and _is_setting(pd.Series([row.setting]), other.value).iloc[0]:
             return other.name

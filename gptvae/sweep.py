@@ -21,6 +21,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from gptvae.catalog import value_text
 from gptvae.config import DATASETS, GPU_PRESETS, Config, ConfigError, ObjectiveConfig, apply_overrides, config_hash, parse_overrides, preset
 from gptvae.families import BASELINE
 from gptvae.run import SUMMARY_KEYS, PlannedRun, RunTask, run_dir_for
@@ -69,10 +70,10 @@ class SweepSpec:
         return self.values[0] if self.reference is None else self.reference
 
     def setting(self, value) -> str:
-        """'λ = 0.25', 'schedule = cyclical', or 'LM baseline' for None."""
+        """'λ = 0.25', 'κ = 1/64', 'schedule = cyclical', or 'LM baseline' for None."""
         if value is None:
             return "LM baseline"
-        return f"{self.symbol} = {value}" if isinstance(value, str) else f"{self.symbol} = {value:g}"
+        return f"{self.symbol} = {value_text(value)}"
 
 
 @dataclass(frozen=True)

@@ -285,7 +285,7 @@ def test_fleurets_regimes_are_worded_by_their_measures(tmp_path, position_lift, 
     narrow = PaperContext(_kappa_study(tmp_path / "h8", position_lift=position_lift, noise_lift=noise_lift), tmp_path)
     assert {r["setting"]: r["word"] for r in narrow.regimes("ablation-kappa")}["κ = 8"] == "not comparable (κ ≥ H)"
     # κ = 1/64 gains from its latent here (1 nat a sentence): it does not behave like a plain GPT
-    assert regimes["κ = 0.015625"] == "not reproduced"
+    assert regimes["κ = 1/64"] == "not reproduced"
     assert ctx.collapsed("ablation-kappa", 0.0) == "3 of 3" and ctx.collapsed("ablation-kappa", 1.0) == "0 of 3"
     assert ctx.entropy_gap("ablation-kappa", 1.0).word == "within 2%"
     best = ctx.closest("ablation-kappa")

@@ -49,6 +49,18 @@ def test_a_setting_read_back_from_csv_as_an_integer_is_still_its_setting():
     assert _is_setting(settings, "cyclical").tolist() == [False, False, False, True, False]
 
 
+def test_a_grid_value_is_written_as_a_reader_would_write_it():
+    """κ = 1/64 bit, not 0.015625: a power-of-two fraction that %g spells in six digits is written as the
+    fraction; every other value as %g writes it, and a name as itself."""
+    from gptvae.catalog import value_text
+    from gptvae.sweep import load_spec
+
+    assert [value_text(v) for v in (0.015625, 0.125, 1 / 3, 0.05, 1.225, 0.0, 64, 1.0, "cyclical")] == \
+        ["1/64", "0.125", "0.333333", "0.05", "1.225", "0", "64", "1", "cyclical"]
+    kappa = load_spec(ROOT / "experiments" / "kappa_yelp.toml")
+    assert [kappa.setting(v) for v in kappa.values] == ["κ = 0", "κ = 1/64", "κ = 0.125", "κ = 1", "κ = 8"]
+
+
 @pytest.mark.corpus
 def test_export_writes_every_file_with_run_ids(exported):
     where, counts, tracker = exported
