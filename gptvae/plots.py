@@ -310,7 +310,8 @@ def rate_distortion(runs: pd.DataFrame, experiment: str, *, factor_label: str, n
     top = float((kl["mean"] + kl["high"]).max()) if len(kl) else 0.0
     if top > 20:   # rates from ~0 to hundreds of nats: a symmetric log axis keeps the small ones apart
         ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_ylim(bottom=0.0)
+    low, high = ax.get_ylim()   # a distortion is never negative, but settings far above 0 keep their detail
+    ax.set_ylim(max(low, 0.0), high)
     # labels are placed once the axes are final, by where the points land on the page: points within 20
     # pixels of each other (collapsed settings, or 0 and 1/64 on a log axis) stack their labels on leader
     # lines; elsewhere neighbours along the rate axis alternate above and below the curve

@@ -124,6 +124,37 @@ def _paired_column(data: dict[int, pd.DataFrame], column: str) -> Interval | Non
     return paired(data, None, column, per_token=True)
 
 
+@dataclass(frozen=True)
+class Use:
+    """What the decoder does with its latent, per setting: the gain IW-NLL - Rec and the swap penalty, paired
+    per seed and sentence (nats/token), and the word they license (gptvae.stats.use)."""
+
+    gain: Interval | None        # IW-NLL - Rec; None where not measured or not an estimate
+    swap: Interval | None        # Rec with another sentence's z - Rec with its own; None where a seed lacks it
+    word: str
+    why: str | None = None       # why the gain is no estimate (n/a: ESS ...)
+
+    @property
+    def gain_text(self) -> str:
+        return f"{self.gain.format(3, signed=True)} nats/token" if self.gain else (self.why or "not measured")
+
+    @property
+    def swap_text(self) -> str:
+        return f"{self.swap.format(3, signed=True)} nats/token" if self.swap else "not measured"
+
+
+def use_of(data: dict[int, pd.DataFrame], rows: pd.DataFrame, split: str) -> Use:
+    """The decoder-side measures of one setting from its runs' per-sentence results (`_per_seed`). The swap
+    penalty counts only where every seed measured it, so its interval is over the same seeds as the gain's."""
+    gain = _paired_column(data, "decoder_use")
+    why = not_estimable(rows, split) if gain else None   # IW-NLL - Rec rests on an IW-NLL that is no estimate
+    gain = None if why else gain
+    swap = (paired(data, None, "swap_penalty", per_token=True)
+            if data and all(frame["swap_penalty"].notna().all() for frame in data.values()) else None)
+    word = use_word(gain, swap, margin=MARGIN) if (gain or swap) else (why or "n/a: not measured")
+    return Use(gain, swap, word, why)
+
+
 BOUND = "val/nll_bound_per_token"   # the curve the plateau test reads: the validation bound at each validation point
 
 
@@ -328,11 +359,10 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
 
     for label, _, rows in settings:
         data = _per_seed(rows, results_dir, split)
-        gain, swap = _paired_column(data, "decoder_use"), _paired_column(data, "swap_penalty")
-        gain_text, word = (gain.format(3, signed=True), use_word(gain, margin=MARGIN)) if gain else ("–", "–")
-        if gain and (why := not_estimable(rows, split)):   # IW-NLL - Rec rests on an IW-NLL that is no estimate
-            gain_text, word = why, "–"
-        swap_text = swap.format(3, signed=True) if swap else "n/a: not measured"
+        measures = use_of(data, rows, split)
+        gain_text = measures.gain.format(3, signed=True) if measures.gain else (measures.why or "–")
+        swap_text = measures.swap.format(3, signed=True) if measures.swap else "n/a: not measured"
+        word = "–" if measures.word.startswith("n/a") else measures.word
         noise = (f"noise {rows[f'{split}.mi_noise'].mean():.2f}"
                  if f"{split}.mi_noise" in rows and rows[f"{split}.mi_noise"].notna().any() else None)
         mi = mi_text(rows, split, note=noise) if f"{split}.mi" in rows and rows[f"{split}.mi"].notna().any() else "–"
@@ -362,9 +392,11 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
     notes.append(f"*IW-NLL − Rec* is, per sentence and paired, the model's NLL without z (its own marginal, "
                  f"estimated by IW-NLL) minus the reconstruction term with its own z ~ q(z|x): what the decoder gains "
                  f"from z, which equals KL − KL(q ‖ p(z|x)) and so cannot exceed the rate (the IW estimate over-states "
-                 f"it by the bound's looseness); *uses z* when its interval lies above {MARGIN} nats/token, *ignores "
-                 f"z* when it lies within ±{MARGIN}. The *swap penalty* is Rec with another sentence's z minus Rec "
-                 f"with its own: what a wrong z costs the decoder, which can exceed the rate")
+                 f"it by the bound's looseness: an upper bound). The *swap penalty* is Rec with another sentence's z "
+                 f"minus Rec with its own: what a wrong z costs the decoder, which can exceed the rate. *decoder*: "
+                 f"*uses z* when the swap penalty's interval lies above {MARGIN} nats/token (IW-NLL − Rec's, where no "
+                 f"swap penalty was measured), so that a loose bound cannot make use; *ignores z* when either "
+                 f"interval lies within ±{MARGIN}")
     if probes:
         majority = [f"{vae[key].mean():.3f}" if (key := f"{split}.probe_majority_{probe}") in vae
                     and vae[key].notna().any() else "not logged" for probe in probes]
@@ -950,19 +982,15 @@ class PaperContext:
             "rises" if diff.low > 0 else "falls" if diff.high < 0 else "not resolved"
         return Comparison(diff, word)
 
-    def use(self, experiment: str, setting, *, split: str = "valid") -> Comparison:
-        """What the decoder gains from its own z: IW-NLL - Rec, paired per sentence (bounded by the KL), and
-        the word: "uses z", "ignores z" or "not resolved" (gptvae.stats.use)."""
+    def use(self, experiment: str, setting, *, split: str = "valid") -> Use:
+        """What the decoder does with its z: IW-NLL - Rec (what it gains; an upper bound) and the swap penalty
+        (what a wrong z costs it), paired per sentence, and the word: "uses z", "ignores z" or "not resolved"
+        (gptvae.stats.use: use is read from the swap penalty where it was measured)."""
         rows = self._rows(experiment, setting)
         if rows.empty:
             raise KeyError(f"{experiment}: no exported runs for {setting!r}")
         self._cite(rows)
-        diff = _paired_column(_per_seed(rows, self.where["results"], split), "decoder_use")
-        if diff is None:
-            return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), "n/a: not measured")
-        if why := not_estimable(rows, split):   # IW-NLL - Rec rests on an IW-NLL that is no estimate
-            return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), why)
-        return Comparison(diff, use_word(diff, margin=MARGIN))
+        return use_of(_per_seed(rows, self.where["results"], split), rows, split)
 
     def lm_half_width(self, *, split: str = "valid") -> float:
         """The narrowest half-width of any setting's interval against the LM (nats/token): a VAE and the LM are
@@ -1208,7 +1236,8 @@ class PaperContext:
                                                                        f"{c} (*{c.word}*)") for m, c in lift.items()]
             if kappa == FLEURET_PLAIN:
                 use, vs_lm = self.use(experiment, kappa), self.compare(experiment, kappa, "lm")
-                evidence = [f"IW-NLL − Rec {use} (*{use.word}*)", f"IW-NLL against the LM {vs_lm} (*{vs_lm.word}*)"]
+                evidence = [f"IW-NLL − Rec {use.gain_text}, swap penalty {use.swap_text} (*{use.word}*)",
+                            f"IW-NLL against the LM {vs_lm} (*{vs_lm.word}*)"]
                 word = ("holds" if use.word == "ignores z" and vs_lm.word == "ties" else
                         "not reproduced" if use.word == "uses z" else "not resolved")
             elif kappa == FLEURET_POSITION:

@@ -254,22 +254,28 @@ def verdict(diff: Interval, *, margin: float, higher_is_worse: bool = True) -> s
     return "not resolved"
 
 
-def use(diff: Interval, *, margin: float) -> str:
-    """What the decoder-side measure licenses: diff is the paired NLL without z (the model's marginal)
-    minus the reconstruction term with its own z ~ q(z|x) (nats/token): what the decoder gains from z,
-    at most the KL.
+def use(gain: Interval | None, swap: Interval | None = None, *, margin: float) -> str:
+    """What the decoder-side measures license (nats/token, paired per seed and sentence). `gain` is IW-NLL -
+    Rec: the model's NLL without z (its own marginal) minus the reconstruction term with its own z ~ q(z|x),
+    what the decoder gains from z. It is at most the KL, and the IW estimate over-states it by the bound's
+    looseness, so it is an upper bound. `swap` is the swap penalty: Rec with another sentence's z minus Rec
+    with its own, what a wrong z costs the decoder. None where a measure is missing or no estimate.
 
-    uses z          the whole interval lies above the margin
-    ignores z       the interval lies within +- margin: z gains the decoder nothing that matters
+    uses z          the swap penalty's interval lies above the margin: the decoder's predictions depend on z.
+                    Without a swap penalty, the gain's interval does (which the bound's looseness can inflate)
+    ignores z       the gain's interval lies within +- margin (it over-states the gain, so a small one is small),
+                    or the swap penalty's does
     not resolved    otherwise (a single seed included: no interval over seeds)
     """
-    if math.isnan(diff.low):
+    measured = [m for m in (gain, swap) if m is not None and not math.isnan(m.low)]
+    if not measured:
         return "not resolved"
-    if diff.seeds < 2:
+    if any(m.seeds < 2 for m in measured):
         return ONE_SEED
-    if diff.low > margin:
+    evidence_of_use = swap if swap is not None and not math.isnan(swap.low) else gain
+    if evidence_of_use.low > margin:
         return "uses z"
-    if -margin <= diff.low and diff.high <= margin:
+    if any(-margin <= m.low and m.high <= margin for m in measured):
         return "ignores z"
     return "not resolved"
 

@@ -75,7 +75,8 @@ def synthetic_study(folder: Path, *, floor_effect: float, use: float, width: int
                     iw = difficulty[split] + seed_effect + effect + rng.normal(0, 0.2, N)
                     rec = iw - gain + (0.0 if kind == "lm" else rng.normal(0, 0.01, N))   # NLL - Rec: the gain
                     frame = pd.DataFrame({"row": np.arange(N), "sentence": np.arange(N), "tokens": tokens, "rec": rec,
-                                          "rec_other": rec + gain + 0.5,
+                                          # a wrong z costs more than the own z gains (it can exceed the rate)
+                                          "rec_other": rec + 1.5 * gain + rng.normal(0, 0.01, N),
                                           "kl": np.full(N, 0.0 if kind == "lm" else 2.0 * numeric), "iw_nll": iw,
                                           "lm_nll": rec + gain, "neg_elbo": iw + 0.6,
                                           "recon_bleu": np.full(N, 5.0), "recon_bleu_masked": np.full(N, 1.0)})

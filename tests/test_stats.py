@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gptvae.stats import Interval, drift, over_seeds, paired, trend, verdict
+from gptvae.stats import Interval, drift, over_seeds, paired, trend, use, verdict
 
 
 def frame(values, tokens=None, sentences=None):
@@ -455,3 +455,22 @@ def test_once_per_run_numbers_print_as_what_they_are():
     assert mi_text(below, "valid").startswith("4.10 [") and "≥" not in mi_text(below, "valid")
     seeds = {0: pd.DataFrame({"iw_ess": [1.0, 1.5, 30.0, 64.0]}), 1: pd.DataFrame({"iw_ess": [1.0, 3.0, 30.0, 64.0]})}
     assert _low_ess_share(seeds) == "38%"   # 50% and 25%
+
+
+def test_uses_z_reads_the_swap_penalty_so_a_loose_bound_cannot_make_use():
+    """IW-NLL - Rec over-states the decoder's gain by the bound's looseness: a large gain with a swap penalty
+    that does not clear the margin is not resolved, a small gain is *ignores z* whatever the swap penalty's
+    spread, and the gain licenses *uses z* only where no swap penalty was measured."""
+    def iv(low, high, seeds=3):
+        return Interval((low + high) / 2, low, high, seeds, 100)
+
+    big, small, clear, unclear = iv(4.8, 5.4), iv(-0.004, 0.006), iv(0.3, 1.4), iv(-1.4, 4.0)
+    assert use(big, unclear, margin=0.01) == "not resolved"
+    assert use(big, clear, margin=0.01) == "uses z"
+    assert use(big, None, margin=0.01) == "uses z"
+    assert use(None, clear, margin=0.01) == "uses z"
+    assert use(small, iv(-0.014, 0.028), margin=0.01) == "ignores z"
+    assert use(None, iv(-0.002, 0.003), margin=0.01) == "ignores z"
+    assert use(iv(-0.03, 0.2), iv(-0.02, 0.5), margin=0.01) == "not resolved"
+    assert use(big, iv(0.3, 1.4, seeds=1), margin=0.01) == "no word (1 seed)"
+    assert use(None, None, margin=0.01) == "not resolved"
