@@ -30,6 +30,7 @@ FREE_BITS_MODES = ("per_dim", "batch_dim", "total", "per_token")
 FREE_BITS_UNITS = ("nats", "bits")
 SCHEDULES = ("constant", "linear", "cyclical", "zero_linear")
 SCALES = ("elbo", "upstream")
+PLATEAU_TESTS = ("best", "mean")
 
 
 def require(ok: bool, key: str, value, allowed: str) -> None:
@@ -167,8 +168,13 @@ class TrainConfig:
                                      # without the floor (False: every run before 2026-12-03). With a large floor
                                      # the unfloored bound rises while KL fills the free budget, and a rise
                                      # passed for a plateau
+    plateau_test: str = "best"       # "best": the best of the last `patience` points against the best before
+                                     # them (every run before 2026-12-04); "mean": their mean against the mean
+                                     # of the `patience` points before them, so one low point cannot end a
+                                     # run that is still falling (judged from 2 x patience points)
 
     def validate(self) -> None:
+        require(self.plateau_test in PLATEAU_TESTS, "train.plateau_test", self.plateau_test, ", ".join(PLATEAU_TESTS))
         _check_fields("train", self, {
             **{name: POSITIVE for name in ("steps", "batch_tokens", "log_every", "eval_every", "val_sequences")},
             "patience": (lambda v: v >= 0, "a number of validation points >= 0 (0: no early stop)"),
