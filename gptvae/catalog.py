@@ -104,14 +104,18 @@ ESTIMATED = ("iw_nll", "iw_nll_per_token", "ppl")   # the metrics ESS_FLOOR appl
 
 
 def not_estimable(rows, split: str = "valid") -> str | None:
-    """Why the IW-NLL of these runs (rows of runs.csv) is no estimate, or None when it is one."""
+    """Why the IW-NLL of these runs (rows of runs.csv) is no estimate, or None when it is one. A setting's
+    seeds are averaged, so one seed whose median ESS is below the floor makes the setting's mean no estimate;
+    the reason names that seed."""
     key = f"{split}.iw_ess_median"
     if key not in rows or rows[key].isna().all():
         return None
-    ess = float(rows[key].min())
+    worst = rows.loc[rows[key].idxmin()]
+    ess = float(worst[key])
     if ess < ESS_FLOOR:
         k = int(rows[f"{split}.iw_samples"].iloc[0]) if f"{split}.iw_samples" in rows else "K"
-        return f"n/a: ESS {ess:.1f} of {k}"
+        at = f" at seed {int(worst['seed'])}" if len(rows) > 1 and "seed" in rows else ""
+        return f"n/a: ESS {ess:.1f} of {k}{at}"
     return None
 
 

@@ -249,7 +249,8 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
             f"so *costs* says the bound costs, against the LM and against any setting whose bound is tighter (a "
             f"collapsed VAE's is exact): the K sweep shows how much of a gap can be the estimator's. An IW-NLL "
             f"whose importance weights have a median "
-            f"effective sample size below {ESS_FLOOR:g} is not an estimate and prints as n/a; *ESS < {ESS_FLOOR:g}* is the "
+            f"effective sample size below {ESS_FLOOR:g} is not an estimate, and a setting with one such seed prints "
+            f"as n/a with that seed's median; *ESS < {ESS_FLOOR:g}* is the "
             f"share of sentences whose weights are that degenerate (mean over seeds), where the estimate rests on "
             f"one or two samples. *Converged*: {_plateau_rule(runs[runs.experiment == spec.experiment])}. *Differences "
             f"settled*: whether the difference of the validation bounds against {reference} and the LM (paired per "
@@ -473,8 +474,13 @@ def _plateau_rule(runs: pd.DataFrame) -> str:
     kinds = sorted(set(floored)) or [False]
     what = objective[kinds[0]] if len(kinds) == 1 else \
         f"{objective[True]} for the runs with train.plateau_floored, else {objective[False]}"
-    return (f"runs whose {what} improved by less than {tolerance} over their last evaluations; a run that stopped on "
-            f"a rise beyond it is a snapshot and not counted")
+    tests = set(runs["train.plateau_test"].fillna("best")) if "train.plateau_test" in runs else set()   # unlogged: before it existed
+    how = {"best": "their best over their last evaluations improved on the best before by less than",
+           "mean": "the mean of their last evaluations improved on the mean of as many before by less than"}
+    rule = (how[next(iter(tests))] if len(tests) == 1 else
+            f"{how['mean']} (train.plateau_test = mean), else {how['best']}" if tests else how["best"])
+    return (f"runs whose {what}: {rule} {tolerance}; a run that stopped on a rise beyond it is a snapshot and "
+            f"not counted")
 
 
 def _converged(rows: pd.DataFrame) -> str:
