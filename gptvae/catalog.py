@@ -110,7 +110,7 @@ def not_estimable(rows, split: str = "valid") -> str | None:
     key = f"{split}.iw_ess_median"
     if key not in rows or rows[key].isna().all():
         return None
-    worst = rows.loc[rows[key].idxmin()]
+    worst = rows.iloc[rows[key].reset_index(drop=True).idxmin()]   # by position: an index may repeat
     ess = float(worst[key])
     if ess < ESS_FLOOR:
         k = int(rows[f"{split}.iw_samples"].iloc[0]) if f"{split}.iw_samples" in rows else "K"
