@@ -118,19 +118,37 @@ def cmd_evaluate(args) -> None:
         where[key] = value
     if where and not args.experiment:
         raise ConfigError(f"--where {' '.join(args.where)!r} filters --experiment's runs: give --experiment NAME too")
+    if args.jobs < 1 or (args.jobs > 1 and not args.specs):
+        raise ConfigError(f"--jobs {args.jobs}: allowed: an integer >= 1, and more than 1 only with --specs")
     tracker = Tracker()
     if args.specs:   # what the specs' [evaluations] ask of the runs in this store
         from gptvae.evaluation import run_evaluation, spec_evaluations
         from gptvae.sweep import load_spec, load_specs
 
         path = Path(args.specs)
+        todo = []
         for spec in load_specs(path) if path.is_dir() else [load_spec(path)]:
             items = spec_evaluations(spec, tracker, preset_name=args.preset, dataset=args.dataset,
                                      overrides=args.overrides)
             print(f"{spec.experiment}: {len(items)} evaluation(s)" + ("" if items else " (no runs in this store)"))
-            for item in items:
+            todo += items
+        todo = list({json.dumps(item, sort_keys=True, default=list): item for item in todo}.values())  # a shared run once
+        if args.jobs <= 1:
+            for item in todo:
                 print(f"  {item['kind']} {item['run_id']} on {item['split']}")
                 run_evaluation(item, tracker)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # the long protocols first, so that the pool does not end on one of them alone
+        todo.sort(key=lambda item: item["kind"] not in ("test", "k_sweep"))
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_evaluate_item, item): item for item in todo}
+            for future in as_completed(futures):
+                item = futures[future]
+                future.result()   # a failed evaluation fails the command, after the others finished
+                print(f"  {item['kind']} {item['run_id']} on {item['split']}: done", flush=True)
         return
     run_ids = list(args.run_id)
     if args.experiment:
@@ -149,6 +167,17 @@ def cmd_evaluate(args) -> None:
                                      max_sequences=args.max_sequences, seed=args.seed, fp32=args.fp32,
                                      tracker=tracker)
         print(json.dumps({"run_id": run_id, **result}, indent=2))
+
+
+def _evaluate_item(item: dict) -> None:
+    """One row of spec_evaluations in a worker process of `evaluate --specs --jobs`: its own store
+    connection, and its share of the cores."""
+    from gptvae.cores import core_share
+    from gptvae.evaluation import run_evaluation
+    from gptvae.tracking import Tracker
+
+    with core_share():   # the usable cores over the evaluations running now
+        run_evaluation(item, Tracker())
 
 
 def cmd_sample(args) -> None:
@@ -247,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate a fixed seeded subset of N sequences (default: all)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's own)")
     p.add_argument("--fp32", action="store_true", help="without bf16 autocast: the check of the bf16 numbers")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="with --specs: evaluations carried out at once, each in its own process with its share of "
+                        "the cores (default: 1; on a GPU, several keep it busy)")
     p.add_argument("--k-sweep", default=None, metavar="K,K,...",
                    help="IW-NLL at each K from one set of max(K) samples, e.g. 1,10,100,1000 (logged as "
                         "ksweep_<split>.csv)")

@@ -315,7 +315,7 @@ def train(cfg: Config, *, run_dir: Path, logger: Logger | None = None, progress:
                                               test=cfg.train.plateau_test)
             if on_plateau is not None:
                 val["val/plateau_improvement"] = improvement
-            stopped = bool(on_plateau) and done < steps
+            stopped = bool(on_plateau) and cfg.train.stop_on_plateau and done < steps
             if logger is not None:
                 logger.log(val, done)
             checkpoint(done)
