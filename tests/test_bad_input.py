@@ -89,6 +89,8 @@ CASES = {
     "a filter on no config key": (["evaluate", "--experiment", "x", "--where", "lambda=1"],
                                   "--where 'lambda=1' is invalid; allowed: KEY=VALUE"),
     "a filter without an experiment": (["evaluate", "abc", "--where", "train.seed=0"], "give --experiment NAME too"),
+    "no evaluation processes": (["evaluate", "--specs", "experiments", "--jobs", "0"], "--jobs 0: allowed: an integer >= 1"),
+    "parallel evaluations of named runs": (["evaluate", "abc", "--jobs", "2"], "more than 1 only with --specs"),
     "no samples": (["sample", "abc", "--n", "0"], "--n=0 is invalid; allowed: a number of samples >= 1"),
     "negative temperature": (["sample", "abc", "--temperature", "-1"], "--temperature=-1.0 is invalid"),
     "nan temperature": (["sample", "abc", "--temperature", "nan"], "--temperature=nan is invalid"),

@@ -79,6 +79,16 @@ def test_training_stops_on_a_plateau_and_records_it_and_a_resume_trains_no_furth
     assert "train.converged" not in whole.convergence(smoke())   # patience 0: not judged
 
 
+def test_a_run_that_judges_its_plateau_at_the_end_trains_every_step_and_still_records_it(tmp_path):
+    cfg = smoke(**{"train.patience": 1, "train.tolerance": 100.0, "train.steps": 40,   # any point is a plateau
+                   "train.stop_on_plateau": False})
+    trained = train(cfg, run_dir=tmp_path, progress=False)
+    assert not trained.stopped and trained.finished and trained.step == 40
+    record = trained.convergence(cfg)
+    assert record["train.converged"] == 1.0 and record["train.stopped_early"] == 0.0
+    assert record["train.steps_trained"] == 40 and len(trained.bounds) == 5   # evaluations at 8, 16, 24, 32, 40
+
+
 def test_the_plateau_reads_the_objective_the_kl_weight_defines(tmp_path):
     """At beta < 1 the bound can stall while the run still trades distortion for rate: the plateau test
     reads (Rec + beta KL) / tokens, the objective without its floor; at beta = 1 that is the bound."""
