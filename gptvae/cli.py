@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp32", action="store_true", help="without bf16 autocast: the check of the bf16 numbers")
     p.add_argument("--jobs", type=int, default=1,
                    help="with --specs: evaluations carried out at once, each in its own process with its share of "
-                        "the cores (default: 1; on a GPU, several keep it busy)")
+                        "the cores (default: 1)")
     p.add_argument("--k-sweep", default=None, metavar="K,K,...",
                    help="IW-NLL at each K from one set of max(K) samples, e.g. 1,10,100,1000 (logged as "
                         "ksweep_<split>.csv)")
