@@ -23,7 +23,7 @@ from gptvae.files import atomic_write_text
 from gptvae.results import PRECISION, load_results, load_sentences
 from gptvae.stats import NOT_JUDGED, Drift, Interval, drift, over_seeds, paired, trend, verdict
 from gptvae.stats import use as use_word
-from gptvae.sweep import ComparisonRow, SweepSpec, load_specs
+from gptvae.sweep import MARGIN, ComparisonRow, SweepSpec, load_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,8 +60,6 @@ FLEURET = {FLEURET_PLAIN: "the model behaves like a plain GPT", FLEURET_POSITION
 CONTROL_MARGIN = 0.05   # agreement rates: a lift whose whole interval lies inside +- this is "no control"
 ENTROPY_SHARE = 0.02    # "within 2%" of the exact entropy (issue 13's bar for the best setting)
 FAMILY_NAMES = {"vae": "GPT-VAE", "freetransformer": "Free Transformer", "lm": "LM"}   # in figures and prose
-MARGIN = 0.01        # nats per token: a difference whose whole interval lies inside +- this "ties"; 1% of
-                     # perplexity (exp(0.01) = 1.010), the smallest difference worth a word
 PER_TOKEN = {"iw_nll": True, "lm_nll": True, "neg_elbo": True, "rec": True, "decoder_use": True, "swap_penalty": True,
              "kl": False}
 
@@ -143,15 +141,16 @@ class Use:
         return f"{self.swap.format(3, signed=True)} nats/token" if self.swap else "not measured"
 
 
-def use_of(data: dict[int, pd.DataFrame], rows: pd.DataFrame, split: str) -> Use:
-    """The decoder-side measures of one setting from its runs' per-sentence results (`_per_seed`). The swap
-    penalty counts only where every seed measured it, so its interval is over the same seeds as the gain's."""
+def use_of(data: dict[int, pd.DataFrame], rows: pd.DataFrame, split: str, *, margin: float) -> Use:
+    """The decoder-side measures of one setting from its runs' per-sentence results (`_per_seed`), judged at
+    its spec's margin. The swap penalty counts only where every seed measured it, so its interval is over the
+    same seeds as the gain's."""
     gain = _paired_column(data, "decoder_use")
     why = not_estimable(rows, split) if gain else None   # IW-NLL - Rec rests on an IW-NLL that is no estimate
     gain = None if why else gain
     swap = (paired(data, None, "swap_penalty", per_token=True)
             if data and all(frame["swap_penalty"].notna().all() for frame in data.values()) else None)
-    word = use_word(gain, swap, margin=MARGIN) if (gain or swap) else (why or "n/a: not measured")
+    word = use_word(gain, swap, margin=margin) if (gain or swap) else (why or "n/a: not measured")
     return Use(gain, swap, word, why)
 
 
@@ -230,7 +229,7 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
             if other == label or not data.get(other) or reason or not_estimable(by_label[other], split):
                 return "–"
             diff = paired(seeds, data[other], "iw_nll", per_token=True)
-            return f"{diff.format(3, signed=True)} {verdict(diff, margin=MARGIN)}"
+            return f"{diff.format(3, signed=True)} {verdict(diff, margin=spec.margin)}"
 
         cells = [label, str(len(seeds)), iw, "–" if label == "LM baseline" else _low_ess_share(seeds),
                  versus(reference), versus("LM baseline"),
@@ -244,7 +243,7 @@ def comparison_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, 
             f"counts the seeds, the sentences and their interaction (two-way ANOVA; t quantile at the "
             f"Welch–Satterthwaite degrees of freedom){_mixed_note(data)}; "
             f"differences are paired per seed and per sentence (setting minus the other). Words: *ties* when the "
-            f"interval lies within ±{MARGIN} nats/token, else *costs* / *buys* when it excludes 0, else *not "
+            f"interval lies within ±{spec.margin:g} nats/token, else *costs* / *buys* when it excludes 0, else *not "
             f"resolved*; one seed gets no word. The VAE's IW-NLL is an upper bound on its NLL (the LM's is exact), "
             f"so *costs* says the bound costs, against the LM and against any setting whose bound is tighter (a "
             f"collapsed VAE's is exact): the K sweep shows how much of a gap can be the estimator's. An IW-NLL "
@@ -285,7 +284,7 @@ def differences(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split
                 continue
             diff = paired(data[label], data[against], "iw_nll", per_token=True)
             out.append(row | {"estimate": diff.estimate, "low": diff.low, "high": diff.high, "seeds": diff.seeds,
-                              "word": verdict(diff, margin=MARGIN)})
+                              "word": verdict(diff, margin=spec.margin)})
     return pd.DataFrame(out, columns=["value", "name", "against", "estimate", "low", "high", "seeds", "word"])
 
 
@@ -360,7 +359,7 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
 
     for label, _, rows in settings:
         data = _per_seed(rows, results_dir, split)
-        measures = use_of(data, rows, split)
+        measures = use_of(data, rows, split, margin=spec.margin)
         gain_text = measures.gain.format(3, signed=True) if measures.gain else (measures.why or "–")
         swap_text = measures.swap.format(3, signed=True) if measures.swap else "n/a: not measured"
         word = "–" if measures.word.startswith("n/a") else measures.word
@@ -395,9 +394,9 @@ def use_table(runs: pd.DataFrame, spec: SweepSpec, results_dir: Path, *, split: 
                  f"from z, which equals KL − KL(q ‖ p(z|x)) and so cannot exceed the rate (the IW estimate over-states "
                  f"it by the bound's looseness: an upper bound). The *swap penalty* is Rec with another sentence's z "
                  f"minus Rec with its own: what a wrong z costs the decoder, which can exceed the rate. *decoder*: "
-                 f"*uses z* when the swap penalty's interval lies above {MARGIN} nats/token (IW-NLL − Rec's, where no "
+                 f"*uses z* when the swap penalty's interval lies above {spec.margin:g} nats/token (IW-NLL − Rec's, where no "
                  f"swap penalty was measured), so that a loose bound cannot make use; *ignores z* when either "
-                 f"interval lies within ±{MARGIN}")
+                 f"interval lies within ±{spec.margin:g}")
     if probes:
         majority = [f"{vae[key].mean():.3f}" if (key := f"{split}.probe_majority_{probe}") in vae
                     and vae[key].notna().any() else "not logged" for probe in probes]
@@ -560,7 +559,7 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
     }
     if not paired_frame.empty:
         figures["differences"] = plots.paired_differences(paired_frame, factor_label=spec.label, names=names,
-                                                          margin=MARGIN)
+                                                          margin=spec.margin)
     shown = runs[(runs.experiment == spec.experiment) & (runs.kind != BASELINE)].run_id
     if not res["units"].empty and res["units"].run_id.isin(shown).any():
         figures["units"] = plots.unit_information(res["units"], runs, spec.experiment, factor_label=spec.label,
@@ -926,7 +925,7 @@ class PaperContext:
             return Comparison(Interval(math.nan, math.nan, math.nan, 0, 0), reason)
         diff = paired(_per_seed(a, self.where["results"], split), _per_seed(b, self.where["results"], split),
                       column, per_token=PER_TOKEN.get(column, True))
-        return Comparison(diff, verdict(diff, margin=MARGIN, higher_is_worse=higher_is_worse))
+        return Comparison(diff, verdict(diff, margin=self.margin_of(experiment), higher_is_worse=higher_is_worse))
 
     def looseness(self, experiment: str, setting) -> dict | None:
         """How much further the IW-NLL of a setting falls from the tables' K to the K sweep's largest, per token
@@ -988,6 +987,11 @@ class PaperContext:
             "rises" if diff.low > 0 else "falls" if diff.high < 0 else "not resolved"
         return Comparison(diff, word)
 
+    def margin_of(self, experiment: str) -> float:
+        """The tie margin of an ablation's words (nats/token): its spec's `margin`, MARGIN unless it sets one."""
+        spec = self.specs.get(experiment)
+        return spec.margin if spec is not None else MARGIN
+
     def use(self, experiment: str, setting, *, split: str = "valid") -> Use:
         """What the decoder does with its z: IW-NLL - Rec (what it gains; an upper bound) and the swap penalty
         (what a wrong z costs it), paired per sentence, and the word: "uses z", "ignores z" or "not resolved"
@@ -996,12 +1000,12 @@ class PaperContext:
         if rows.empty:
             raise KeyError(f"{experiment}: no exported runs for {setting!r}")
         self._cite(rows)
-        return use_of(_per_seed(rows, self.where["results"], split), rows, split)
+        return use_of(_per_seed(rows, self.where["results"], split), rows, split, margin=self.margin_of(experiment))
 
     def lm_half_width(self, *, split: str = "valid") -> float:
         """The narrowest half-width of any setting's interval against the LM (nats/token): a VAE and the LM are
         different networks at every seed, so each of these intervals carries the spread of training itself,
-        and a *tie* (within ±MARGIN) needs this to be below MARGIN."""
+        and a *tie* (within ± the study's margin, MARGIN) needs this to be below it."""
         widths = [c.interval.high - c.interval.estimate for _, c in self._against_lm(split)
                   if not math.isnan(c.interval.high)]
         return min(widths) if widths else math.nan
@@ -1200,7 +1204,8 @@ class PaperContext:
 
     def collapsed(self, experiment: str, setting, *, split: str = "valid") -> str:
         """How many of a setting's seeds ignore their latent, "k of n": per seed, the swap penalty (Rec with
-        another sequence's latent minus Rec with its own) within +- MARGIN nats/token over that seed's sentences.
+        another sequence's latent minus Rec with its own) within +- the spec's margin (nats/token) over that seed's
+        sentences.
         The swap penalty is judged first because it needs no IW-NLL: IW-NLL - Rec over-states the decoder's gain
         by the bound's looseness, which at a large rate (KL far above MI, a constant code) is as big as the rate
         itself. A seed without a swap penalty is judged by IW-NLL - Rec where its IW-NLL is an estimate, and
@@ -1208,6 +1213,7 @@ class PaperContext:
         rows = self._rows(experiment, setting)
         self._cite(rows)
         data = _per_seed(rows, self.where["results"], split)
+        margin = self.margin_of(experiment)
         ignored = unjudged = 0
         for seed, frame in data.items():
             if frame["swap_penalty"].notna().all():
@@ -1218,7 +1224,7 @@ class PaperContext:
                 unjudged += 1
                 continue
             diff = paired({seed: frame}, None, column, per_token=True)
-            ignored += int(-MARGIN <= diff.low and diff.high <= MARGIN)
+            ignored += int(-margin <= diff.low and diff.high <= margin)
         return f"{ignored} of {len(data)}" + (f" ({unjudged} not judged: no swap penalty, ESS below {ESS_FLOOR:g})"
                                               if unjudged else "")
 
@@ -1313,7 +1319,7 @@ class PaperContext:
                  "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
                  "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "closest", "lift", "collapsed",
-                 "regimes", "precisions")
+                 "regimes", "precisions", "margin_of")
         return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}
 
 

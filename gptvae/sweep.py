@@ -17,6 +17,7 @@ run's lifecycle is `gptvae.run.execute`.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +30,10 @@ from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_KIND, TAG_NO
                              TAG_SEED, TAG_VALUES, Tracker)
 
 SPEC_KEYS = {"name", "factor", "values", "base", "baseline", "description", "label", "symbol", "reference",
-             "evaluations", "dataset", "compare"}
+             "evaluations", "dataset", "compare", "margin"}
+MARGIN = 0.01   # nats per token: a paired difference whose whole interval lies within +- this "ties"; on yelp 1% of
+                # perplexity (exp(0.01) = 1.010), the smallest difference worth a word. A spec sets its own
+                # `margin` where its task's scale differs (the synthetic task's entropy is 0.334 nats/token)
 COMPARE_KEYS = {"name", "set"}   # a [[compare]] row: its label, and its overrides on top of [base]
 EVALUATION_KEYS = {"whole_valid", "test", "k_sweep", "fp32"}   # what [evaluations] may ask for (gptvae.evaluation.spec_evaluations)
 
@@ -50,6 +54,8 @@ class SweepSpec:
                                  # split), k_sweep = [settings] and fp32 = [settings] (seed 0; "lm": the baseline)
     dataset: str | None = None   # the corpus the question is about (default: the preset's, yelp); --dataset must agree
     compare: tuple = ()          # ComparisonRow: rows trained beside the grid, e.g. another family at the same budget
+    margin: float = MARGIN       # nats/token: the report's words, "ties" within +- margin (a word, not a config:
+                                 # it changes no run)
 
     @property
     def experiment(self) -> str:
@@ -126,12 +132,16 @@ def load_spec(path: str | Path) -> SweepSpec:
     dataset = raw.get("dataset")
     if dataset is not None and dataset not in DATASETS:
         raise ConfigError(f"experiment spec {path}: dataset = {dataset!r}; allowed: {', '.join(DATASETS)}")
+    margin = raw.get("margin", MARGIN)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < math.inf:
+        raise ConfigError(f"experiment spec {path}: margin = {margin!r}; allowed: a number of nats per token "
+                          f"above 0 (a paired difference whose interval lies within +- margin ties), e.g. {MARGIN}")
     base = dict(raw.get("base", {}))
     spec = SweepSpec(name=raw["name"], factor=raw["factor"], values=tuple(values), base=base,
                      baseline=bool(raw.get("baseline", True)), description=raw.get("description", ""),
                      label=raw.get("label", raw["factor"]), symbol=raw.get("symbol", short),
                      reference=raw.get("reference"), evaluations=dict(raw.get("evaluations", {})),
-                     dataset=dataset, compare=_comparisons(path, raw, base))
+                     dataset=dataset, compare=_comparisons(path, raw, base), margin=float(margin))
     unknown = set(spec.evaluations) - EVALUATION_KEYS
     if unknown:
         raise ConfigError(f"experiment spec {path}: [evaluations] has unknown keys {', '.join(sorted(unknown))}; "

@@ -294,6 +294,26 @@ def test_the_comparison_table_words_follow_the_data(tmp_path):
     assert "n/a: ESS 1.2 of 64" in row(unestimable, "λ = 0")
 
 
+def test_a_spec_sets_the_margin_its_words_use(tmp_path):
+    """One difference of about 0.005 nats/token with a tight interval: it ties within yelp's +-0.01 and costs
+    within +-0.001, the margin of a task whose entropy is a tenth of yelp's (the synthetic one's spec sets it).
+    Table, figure frame and the table's note all follow the spec's margin."""
+    from dataclasses import replace
+
+    from gptvae.report import comparison_table, differences
+    from gptvae.sweep import MARGIN, load_spec
+
+    root = __import__("pathlib").Path(__file__).parents[1] / "experiments"
+    spec = load_spec(root / "kl_floor.toml")
+    assert spec.margin == MARGIN == 0.01 and load_spec(root / "kappa.toml").margin == 0.001
+    runs = synthetic_results(tmp_path, {0.0: 0.0, 0.1: 0.05, None: 0.0})
+    word = lambda s: differences(runs, s, tmp_path).set_index(["value", "against"]).loc[(0.1, "λ = 0"), "word"]  # noqa: E731
+    assert word(spec) == "ties" and word(replace(spec, margin=0.001)) == "costs"
+    table = comparison_table(runs, replace(spec, margin=0.001), tmp_path)
+    assert "costs" in next(line for line in table.splitlines() if line.startswith("| λ = 0.1 "))
+    assert "lies within ±0.001 nats/token" in table
+
+
 def test_the_papers_words_come_from_the_intervals_and_constants_from_the_configs(tmp_path):
     """A sentence of the paper rendered from two made-up studies, the second with the effect reversed."""
     import jinja2
