@@ -153,6 +153,22 @@ def _reference_lines(ax, runs: pd.DataFrame, experiment: str, key: str) -> None:
                     label="same architecture, untrained")
 
 
+def _far_above(stats: pd.DataFrame, also=()) -> tuple[int, float, float] | None:
+    """(row of `stats` (`_by_value`) drawn beyond a panel's axis, the rest's lowest and highest), or None: the
+    largest mean, when its whole
+    interval lies above the rest (their intervals, and the values in `also`, e.g. the LM's seeds' range) by more
+    than 3 times the rest's span. One such setting (κ = 8 bits against a bulk within 0.3 nats/token of the LM)
+    would otherwise flatten every difference the panel exists to show. At most one is moved: the next largest
+    then sets the scale."""
+    shown = stats.dropna(subset=["mean"]).sort_values("mean")
+    if len(shown) < 3:
+        return None
+    top, rest = shown.iloc[-1], shown.iloc[:-1]
+    low = min([*(rest["mean"] - rest["low"]), *also])
+    high = max([*(rest["mean"] + rest["high"]), *also])
+    return (shown.index[-1], low, high) if top["mean"] - top["low"] - high > 3 * max(high - low, 1e-12) else None
+
+
 def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str, metrics=None, ncols: int = 4,
                       names=None, family: str = "GPT-VAE"):
     """One panel per metric against the ablated factor (mean and 95% t interval over seeds), each with the
@@ -164,10 +180,17 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
                and not any(undefined(m, corpus) for corpus in corpora)]   # a metric that measures nothing there
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.7 * ncols, 3.1 * nrows), squeeze=False)
+    arrows = False   # whether a panel drew a setting beyond its axis
     for ax, key in zip(axes.flat, metrics):
         stats = _by_value(runs, experiment, key)
         at = _positions(stats["value"])
-        ax.errorbar(stats["value"].map(at), stats["mean"], yerr=[stats["low"], stats["high"]], marker="o",
+        base = _baseline(runs, experiment, key) if not metric(key).latent_only else None
+        exact = f"{key.split('.', 1)[0]}.exact_nll_per_token"
+        entropy = [mine[exact].mean()] if key.endswith("_per_token") and exact in mine and mine[exact].notna().any() else []
+        far = _far_above(stats, [*(base[1:] if base else ()), *entropy])
+        near = stats.drop(index=far[0]) if far is not None else stats
+        digits = metric(key).digits
+        ax.errorbar(near["value"].map(at), near["mean"], yerr=[near["low"], near["high"]], marker="o",
                     capsize=3, label=family)
         for row in stats[stats["missing"] > 0].itertuples():
             ax.annotate("n/a (ESS)", (at[row.value], 0.5), xycoords=("data", "axes fraction"), ha="center",
@@ -175,6 +198,22 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
         _reference_lines(ax, runs, experiment, key)
         if key.endswith((".au", ".kl", "_bleu")):   # never negative; an MI estimate can be, by its noise
             ax.set_ylim(bottom=0.0)
+        if far is not None:   # the axis stops above the rest; the far setting is an arrow there, its numbers printed
+            row, low, high = stats.loc[far[0]], far[1], far[2]
+            bottom = max(ax.get_ylim()[0], low - 0.15 * (high - low))
+            top = high + 0.15 * (high - low)
+            edge = top + 0.1 * (top - bottom)
+            ax.axhspan(top, top + 0.3 * (top - bottom), color="0.92", linewidth=0, zorder=0)
+            ax.set_ylim(bottom, top + 0.3 * (top - bottom))
+            ax.set_yticks([t for t in ax.get_yticks() if bottom <= t <= top])
+            ax.plot([at[row["value"]]], [edge], marker="^", color="tab:blue", linestyle="none")
+            interval = f" [{row['mean'] - row['low']:.{digits}f}, {row['mean'] + row['high']:.{digits}f}]" \
+                if row["low"] or row["high"] else ""
+            right = list(at).index(row["value"]) >= len(at) / 2   # its numbers toward the middle of the panel
+            ax.annotate(f"{row['mean']:.{digits}f}{interval}", (at[row["value"]], edge), textcoords="offset points",
+                        xytext=(-6 if right else 6, 0), ha="right" if right else "left", va="center", fontsize=7,
+                        color="tab:blue")
+            arrows = True
         _x_axis(ax, at, factor_label, names)
         ax.set_ylabel(metric(key).axis, fontsize=9)
         handles, _ = ax.get_legend_handles_labels()
@@ -186,7 +225,9 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
     seeds = "–".join(str(n) for n in sorted({int(counts.min()), int(counts.max())})) if len(counts) else "0"
     fig.suptitle(f"Validation metrics against {factor_label}: mean over {seeds} seed{'' if seeds == '1' else 's'} per setting with a 95% t "
                  f"interval over seeds, the LM baseline dashed and its seeds' range shaded\n(unpaired: for "
-                 f"comparisons read the paired differences, in the tables and their own figure)", fontsize=10)
+                 f"comparisons read the paired differences, in the tables and their own figure"
+                 + ("; a setting far above the rest is an arrow in the grey band, its mean and interval printed"
+                    if arrows else "") + ")", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -494,3 +494,23 @@ def test_uses_z_reads_the_swap_penalty_so_a_loose_bound_cannot_make_use():
     assert use(iv(-0.03, 0.2), iv(-0.02, 0.5), margin=0.01) == "not resolved"
     assert use(big, iv(0.3, 1.4, seeds=1), margin=0.01) == "no word (1 seed)"
     assert use(None, None, margin=0.01) == "not resolved"
+
+
+def test_a_metrics_panel_draws_a_far_setting_beyond_its_axis_with_its_numbers():
+    """κ = 8 bits at 8.1 nats/token beside a bulk within 0.3 of the LM's 3.46 would flatten the panel: the axis
+    stops above the bulk (and the LM's band), the far setting is an arrow in a grey band with its mean and
+    interval printed. A panel without such a setting keeps every point on its own scale."""
+    from gptvae import plots
+
+    rows = [{"experiment": "ablation-x", "kind": "vae", "value": v, "seed": s, "valid.iw_nll_per_token": m + 0.01 * s,
+             "valid.kl": k + s} for v, m, k in ((0.0, 3.50, 0.0), (1.0, 3.52, 6.0), (8.0, 8.10, 9.0)) for s in range(3)]
+    rows += [{"experiment": "ablation-x", "kind": "lm", "value": np.nan, "seed": s, "valid.iw_nll_per_token": 3.46}
+             for s in range(3)]
+    runs = pd.DataFrame(rows)
+    fig = plots.metrics_vs_factor(runs, "ablation-x", factor_label="κ", metrics=["valid.iw_nll_per_token", "valid.kl"])
+    likelihood, rate = fig.axes[:2]
+    assert likelihood.get_ylim()[1] < 4.0 < 8.1   # the bulk's scale, and the arrow drawn inside it
+    assert any(t.get_text() == "8.110 [8.085, 8.135]" for t in likelihood.texts)
+    assert max(likelihood.get_yticks()) < likelihood.get_ylim()[1]   # no tick in the grey band
+    assert rate.get_ylim()[1] > 9.0 and not rate.texts   # 0, 6 and 9: nothing is far, every point on the axis
+    assert "arrow in the grey band" in fig._suptitle.get_text()
