@@ -91,7 +91,7 @@ evaluations: $(STAMP)  ## on the machine that trained the runs: what the specs' 
 	$(PY) -m gptvae evaluate --specs $(EXPERIMENTS) --preset $(PRESET) $(if $(DATASET),--dataset $(DATASET)) $(foreach item,$(SET),--set $(item))
 
 results: $(STAMP)  ## export finished sweeps of PRESET from MLflow into paper/results/<preset>
-	$(PY) -m gptvae results --out $(RESULTS) --preset $(PRESET)
+	$(PY) -m gptvae results --out $(RESULTS) --preset $(PRESET) --specs $(EXPERIMENTS)
 
 figures: $(STAMP)  ## run the notebooks headlessly on the exported results: tables, figures (PNG, PDF)
 	@test -f $(RESULTS)/runs.csv || { echo "error: $(RESULTS)/runs.csv is missing: run \`make results PRESET=$(PRESET)\` first" >&2; exit 2; }

@@ -191,7 +191,17 @@ def cmd_sample(args) -> None:
 def cmd_results(args) -> None:
     from gptvae.results import export_results
 
-    counts = export_results(args.out, preset=args.preset, dataset=args.dataset)
+    experiments = None
+    if args.specs:   # only these specs' sweeps: a study's folder, not every ablation the store holds
+        from gptvae.sweep import load_spec, load_specs
+
+        path = Path(args.specs)
+        specs = load_specs(path) if path.is_dir() else [load_spec(path)]
+        if not specs:
+            raise ConfigError(f"--specs {path} holds no experiment spec (*.toml); allowed: a folder of specs "
+                              "or one spec, e.g. experiments")
+        experiments = {spec.experiment for spec in specs}
+    counts = export_results(args.out, preset=args.preset, dataset=args.dataset, experiments=experiments)
     for name, rows in counts.items():
         print(f"{Path(args.out) / name}: {rows} rows")
 
@@ -297,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for runs.csv, history.csv, posterior_means.csv, samples.csv")
     p.add_argument("--preset", default=None, help="only sweeps run at this preset (default: all)")
     p.add_argument("--dataset", default=None, help="only sweeps on this dataset (default: all)")
+    p.add_argument("--specs", default=None, metavar="PATH",
+                   help="only the sweeps of these specs (a folder or one .toml; make passes experiments/): the "
+                        "budget probes of experiments/probes/ stay out of the paper's results (default: every "
+                        "ablation in the store)")
     p.set_defaults(fn=cmd_results)
 
     p = sub.add_parser("paper", help="render paper/paper.md with the generated tables and numbers to Markdown, "

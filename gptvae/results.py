@@ -83,8 +83,9 @@ def _as_logged(factor: str, value) -> str:
 
 
 def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | None = None,
-                 exported: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per FINISHED child run of every ablation-* experiment (optionally one preset/dataset).
+                 exported: pd.DataFrame | None = None, experiments: set[str] | None = None) -> pd.DataFrame:
+    """One row per FINISHED child run of every ablation-* experiment (optionally one preset/dataset, and only
+    the experiments named in `experiments`).
 
     exported: runs.csv of an earlier export. A child linked to a run this store does not hold (a sweep on a
     fresh store reusing a run that another sweep trained in an earlier piece) takes that run's exported row."""
@@ -93,7 +94,7 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
     experiments = tracker.call(client.search_experiments)
     names = {exp.experiment_id: exp.name for exp in experiments}
     for exp in experiments:
-        if not exp.name.startswith("ablation-"):
+        if not exp.name.startswith("ablation-") or (experiments is not None and exp.name not in experiments):
             continue
         runs = tracker.call(client.search_runs, [exp.experiment_id], max_results=5000)
         parents = {r.info.run_id: r for r in runs if TAG_PARENT not in r.data.tags}
@@ -329,8 +330,9 @@ def _check_one_config_per_setting(runs: pd.DataFrame, out: Path) -> None:
 
 
 def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, preset: str | None = None,
-                   dataset: str | None = None) -> dict[str, int]:
-    """Merge the store's finished runs into FILES (and sentences/) in out_dir. Returns rows per file."""
+                   dataset: str | None = None, experiments: set[str] | None = None) -> dict[str, int]:
+    """Merge the store's finished runs into FILES (and sentences/) in out_dir. Returns rows per file.
+    experiments: only these sweeps (e.g. {"ablation-kl-floor"}); default every ablation in the store."""
     from gptvae.tracking import store_exists, tracking_uri
 
     if tracker is None and not store_exists(tracking_uri()):
@@ -339,10 +341,12 @@ def export_results(out_dir: str | Path, *, tracker: Tracker | None = None, prese
     tracker = tracker or Tracker()
     out = Path(out_dir)
     old = {name: read_csv(out / name) for name in (*FILES, *OPTIONAL) if (out / name).is_file()}
-    stored = collect_runs(tracker, preset=preset, dataset=dataset, exported=old.get("runs.csv"))
+    stored = collect_runs(tracker, preset=preset, dataset=dataset, exported=old.get("runs.csv"),
+                          experiments=experiments)
     if stored.empty:
         raise ResultsMissingError(f"the store {tracker.uri} has no finished ablation runs"
-                                  f"{f' for preset {preset}' if preset else ''}: run a sweep first, "
+                                  f"{f' for preset {preset}' if preset else ''}"
+                                  f"{' of ' + ', '.join(sorted(experiments)) if experiments else ''}: run a sweep first, "
                                   "e.g. `make ablation-kl-floor`")
     held = set(stored.run_id[~stored.pop(FROM_EXPORT)])   # runs whose artifacts this store holds
     runs = current_names(merge_by_run(old.get("runs.csv"), stored, key=RUN_KEY))

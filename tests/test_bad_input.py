@@ -24,6 +24,13 @@ def spec(text: str, name: str = "bad"):
 
 
 GOOD = 'name = "bad"\nfactor = "objective.free_bits"\n'
+
+
+def no_specs(folder: Path) -> str:
+    """A folder of specs that holds none."""
+    (folder / "specs").mkdir()
+    return str(folder / "specs")
+
 CASES = {
     # presets, overrides and config values
     "unknown preset": (SMOKE[:1] + ["--preset", "huge"], "preset='huge' is invalid; allowed: smoke, cpu, gpu"),
@@ -70,6 +77,10 @@ CASES = {
                                   "'objective.nope' is not a config key"),
     "spec value of the wrong type": (["sweep", spec('name = "bad"\nfactor = "model.dim_latent"\nvalues = ["many"]\n')],
                                      "model.dim_latent='many': expected an integer"),
+    "results from a folder without specs": (["results", "--out", "out", "--specs", no_specs],
+                                            "holds no experiment spec (*.toml)"),
+    "results from a spec that does not exist": (["results", "--out", "out", "--specs", "nope.toml"],
+                                                "experiment spec nope.toml does not exist"),
     "spec repeats a value": (["sweep", spec(GOOD + "values = [0.1, 0.1]\n")], "repeats a value"),
     "spec margin not above 0": (["sweep", spec(GOOD + "values = [0.1]\nmargin = 0\n")],
                                 "margin = 0; allowed: a number of nats per token above 0"),

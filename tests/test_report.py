@@ -80,6 +80,18 @@ def test_export_writes_every_file_with_run_ids(exported):
     assert runs["valid.iw_nll"].iloc[0] == pytest.approx(stored, rel=1e-9)
 
 
+def test_export_takes_only_the_sweeps_of_the_specs_it_is_given(exported, tmp_path):
+    """`make results` passes --specs experiments/: a sweep of another folder's spec in the same store (the
+    budget probes of experiments/probes/) stays out of the paper's results, and a spec whose sweep the store
+    lacks is one clear error."""
+    where, _, tracker = exported
+    counts = export_results(tmp_path / "only", tracker=tracker, preset="smoke", experiments={"ablation-kl-floor"})
+    assert counts["runs.csv"] == len(load_results(where["results"])["runs"])
+    with pytest.raises(ResultsMissingError, match="of ablation-budget-vae: run a sweep first"):
+        export_results(tmp_path / "none", tracker=tracker, preset="smoke", experiments={"ablation-budget-vae"})
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.corpus
 def test_tables_and_figures_are_deterministic(exported):
     where, _, _ = exported
