@@ -31,11 +31,13 @@ EXPERIMENTS  ?= experiments
 SPECS        := $(sort $(wildcard $(EXPERIMENTS)/*.toml))
 ABLATIONS    := $(foreach spec,$(SPECS),ablation-$(subst _,-,$(basename $(notdir $(spec)))))
 
-# exported results, figures and tables live per preset, so a smoke run never overwrites the paper's
-RESULTS      ?= paper/results/$(PRESET)
-FIGURES      ?= paper/figures/$(PRESET)
-TABLES       ?= paper/tables/$(PRESET)
-NOTEBOOKS    ?= analysis/executed/$(PRESET)
+# exported results, figures and tables live per preset, so a smoke run never overwrites the paper's; a folder
+# of specs other than experiments/ gets its own (EXPERIMENTS=experiments/probes: paper/results/cpu-probes)
+STUDY        := $(PRESET)$(if $(filter-out experiments,$(patsubst %/,%,$(EXPERIMENTS))),-$(notdir $(patsubst %/,%,$(EXPERIMENTS))))
+RESULTS      ?= paper/results/$(STUDY)
+FIGURES      ?= paper/figures/$(STUDY)
+TABLES       ?= paper/tables/$(STUDY)
+NOTEBOOKS    ?= analysis/executed/$(STUDY)
 
 SWEEP = $(PY) -m gptvae sweep --preset $(PRESET) $(if $(DATASET),--dataset $(DATASET)) --seeds "$(SEEDS)" --jobs $(JOBS) \
         --runs-root $(RUNS_ROOT) --results $(RESULTS) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(foreach item,$(SET),--set $(item)) \

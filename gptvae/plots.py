@@ -155,9 +155,9 @@ def _reference_lines(ax, runs: pd.DataFrame, experiment: str, key: str) -> None:
 
 def _far_above(stats: pd.DataFrame, also=()) -> tuple[int, float, float] | None:
     """(row of `stats` (`_by_value`) drawn beyond a panel's axis, the rest's lowest and highest), or None: the
-    largest mean, when its whole
-    interval lies above the rest (their intervals, and the values in `also`, e.g. the LM's seeds' range) by more
-    than 3 times the rest's span. One such setting (κ = 8 bits against a bulk within 0.3 nats/token of the LM)
+    largest mean, when its whole interval lies above the rest (their intervals, and the values in `also`: the
+    LM's seeds' range, the exact entropy) by more than 3 times the rest's span (at least 0.1% of its level, so
+    that a bulk of equal values does not make every other value far). One such setting (κ = 8 bits against a bulk within 0.3 nats/token of the LM)
     would otherwise flatten every difference the panel exists to show. At most one is moved: the next largest
     then sets the scale."""
     shown = stats.dropna(subset=["mean"]).sort_values("mean")
@@ -166,7 +166,8 @@ def _far_above(stats: pd.DataFrame, also=()) -> tuple[int, float, float] | None:
     top, rest = shown.iloc[-1], shown.iloc[:-1]
     low = min([*(rest["mean"] - rest["low"]), *also])
     high = max([*(rest["mean"] + rest["high"]), *also])
-    return (shown.index[-1], low, high) if top["mean"] - top["low"] - high > 3 * max(high - low, 1e-12) else None
+    span = max(high - low, 1e-3 * abs(high))
+    return (shown.index[-1], low, high) if top["mean"] - top["low"] - high > 3 * span else None
 
 
 def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str, metrics=None, ncols: int = 4,
@@ -187,7 +188,8 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
         base = _baseline(runs, experiment, key) if not metric(key).latent_only else None
         exact = f"{key.split('.', 1)[0]}.exact_nll_per_token"
         entropy = [mine[exact].mean()] if key.endswith("_per_token") and exact in mine and mine[exact].notna().any() else []
-        far = _far_above(stats, [*(base[1:] if base else ()), *entropy])
+        # a likelihood panel, read against the LM: one setting far above would flatten the differences it shows
+        far = _far_above(stats, [*(base[1:] if base else ()), *entropy]) if key.endswith("_per_token") else None
         near = stats.drop(index=far[0]) if far is not None else stats
         digits = metric(key).digits
         ax.errorbar(near["value"].map(at), near["mean"], yerr=[near["low"], near["high"]], marker="o",

@@ -91,9 +91,9 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
     fresh store reusing a run that another sweep trained in an earlier piece) takes that run's exported row."""
     client = tracker.client
     rows, lost = [], []
-    experiments = tracker.call(client.search_experiments)
-    names = {exp.experiment_id: exp.name for exp in experiments}
-    for exp in experiments:
+    stored = tracker.call(client.search_experiments)
+    names = {exp.experiment_id: exp.name for exp in stored}
+    for exp in stored:
         if not exp.name.startswith("ablation-") or (experiments is not None and exp.name not in experiments):
             continue
         runs = tracker.call(client.search_runs, [exp.experiment_id], max_results=5000)
