@@ -86,6 +86,23 @@ def test_todays_hashes_are_pinned():
     assert runs["LM baseline seed=0"].config_hash == "b3c60fe3710a"
 
 
+def test_the_next_cpu_budget_changes_only_the_schedule_and_its_runs_are_the_probes():
+    """cpu-next is cpu with the whole 3,000-step cosine and the plateau judged at its end, nothing else; its
+    λ = 0.1 and LM runs are the budget probes' 3,000-step runs (one run each, linked, never trained twice)."""
+    from gptvae.config import PRESETS
+
+    changed = {k: v for k, v in PRESETS["cpu-next"].items() if PRESETS["cpu"].get(k) != v}
+    assert changed == {"train.steps": 3_000, "train.plateau_test": "mean", "train.stop_on_plateau": False}
+    study = {r.name: r.config_hash for r in plan_runs(load_spec(ROOT / "experiments" / "kl_floor.toml"),
+                                                      preset_name="cpu-next", dataset=None, seeds=[0])}
+    probes = {name: {r.name: r.config_hash for r in plan_runs(load_spec(ROOT / "experiments" / "probes" / f"{name}.toml"),
+                                                              preset_name="cpu", dataset=None, seeds=[0])}
+              for name in ("budget_vae", "budget_lm")}
+    assert probes["budget_vae"]["steps=3000 seed=0"] == study["free_bits=0.1 seed=0"]
+    assert probes["budget_lm"]["steps=3000 seed=0"] == study["LM baseline seed=0"]
+    assert probes["budget_vae"]["steps=4500 seed=0"] not in study.values()
+
+
 def test_committed_runs_are_the_runs_plan_prints(tmp_path, monkeypatch, capsys):
     """Every row of paper/results/cpu/runs.csv has the config hash `sweep --plan` prints for its setting and seed."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/none-yet.db")
