@@ -92,7 +92,7 @@ def _setting_rows(runs: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, object
         rows = _of_setting(mine, row.kind, row.value)
         if not rows.empty:
             out.append((row.name, row, rows))
-    lm = mine[mine.kind == BASELINE]
+    lm = mine[(mine.kind == BASELINE) & mine.setting.fillna("").astype(str).eq("")]   # not an LM grid's settings
     if not lm.empty:
         out.append(("LM baseline", None, lm))
     return out
@@ -504,7 +504,7 @@ def samples_table(samples: pd.DataFrame, runs: pd.DataFrame, spec: SweepSpec) ->
 
 def setting_label(spec: SweepSpec | None, row) -> str:
     """A runs.csv row's setting in words: "LM baseline", a comparison row's name, or the grid's "λ = 0.25"."""
-    if row.kind == BASELINE:
+    if row.kind == BASELINE and pd.isna(row.value):   # the baseline (an LM grid's rows have their values)
         return "LM baseline"
     if spec is None:
         return f"value = {value_text(row.value)}"

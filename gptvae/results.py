@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from gptvae.errors import ResultsMissingError
-from gptvae.families import BASELINE
+from gptvae.families import BASELINE, BASELINE_NAME
 from gptvae.files import atomic_write_csv
 from gptvae.tracking import (
     TAG_AUTOCAST,
@@ -108,6 +108,8 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
                 continue
             factor = ptags[TAG_FACTOR]
             kind = tags.get(TAG_KIND, "vae")
+            # the sweep's baseline row, or (an LM-family grid, e.g. a budget probe) a setting of its grid
+            baseline = kind == BASELINE and (run.info.run_name or BASELINE_NAME).startswith(BASELINE_NAME)
             # a linked child stands for the run it reuses: that run's id, numbers and checkpoint
             source = tracker.find_run(tags[TAG_SAME_AS]) if TAG_SAME_AS in tags else run
             if source is None:   # reused from an earlier piece's export, not in this store: its exported row
@@ -116,17 +118,17 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
                     lost.append(f"{run.info.run_id} -> {tags[TAG_SAME_AS]}")
                     continue
                 row = known.iloc[0].to_dict()
-                setting = "" if kind == BASELINE else _as_logged(factor, row[factor])
+                setting = "" if baseline else _as_logged(factor, row[factor])
                 rows.append({**row, "started": run.info.start_time, "experiment": exp.name, "factor": factor,
-                             "value": np.nan if kind == BASELINE else _value(setting, ptags.get(TAG_VALUES)),
+                             "value": np.nan if baseline else _value(setting, ptags.get(TAG_VALUES)),
                              "setting": setting, "parent_run_id": parent.info.run_id, FROM_EXPORT: True})
                 continue
             params = source.data.params
-            setting = "" if kind == BASELINE else str(params[factor])
+            setting = "" if baseline else str(params[factor])
             rows.append({
                 "started": run.info.start_time,
                 "experiment": exp.name, "factor": factor,
-                "value": np.nan if kind == BASELINE else _value(setting, ptags.get(TAG_VALUES)),
+                "value": np.nan if baseline else _value(setting, ptags.get(TAG_VALUES)),
                 "setting": setting,
                 "kind": kind, "seed": int(tags[TAG_SEED]), "preset": ptags.get(TAG_PRESET),
                 "dataset": ptags.get(TAG_DATASET), "run_id": source.info.run_id,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from gptvae.catalog import value_text
 from gptvae.config import DATASETS, GPU_PRESETS, Config, ConfigError, ObjectiveConfig, apply_overrides, config_hash, parse_overrides, preset
-from gptvae.families import BASELINE
+from gptvae.families import BASELINE, BASELINE_NAME
 from gptvae.run import SUMMARY_KEYS, PlannedRun, RunTask, run_dir_for
 from gptvae.tracking import (TAG_DATASET, TAG_FACTOR, TAG_HASH, TAG_KIND, TAG_NOTE, TAG_PRESET, TAG_SAME_AS,
                              TAG_SEED, TAG_VALUES, Tracker)
@@ -213,7 +213,7 @@ def plan_runs(spec: SweepSpec, *, preset_name: str, dataset: str | None, seeds, 
             cfg = apply_overrides(base, {"model.kind": BASELINE, "train.seed": seed})
             cfg = replace(cfg, objective=ObjectiveConfig(),
                           train=replace(cfg.train, plateau_floored=False)).validate()
-            runs.append(PlannedRun(f"LM baseline seed={seed}", BASELINE, None, cfg))
+            runs.append(PlannedRun(f"{BASELINE_NAME} seed={seed}", BASELINE, None, cfg))
         for value in spec.values:
             cfg = apply_overrides(base, {spec.factor: value, "train.seed": seed}).validate()
             runs.append(PlannedRun(f"{short}={value} seed={seed}", cfg.model.kind, value, cfg))

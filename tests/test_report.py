@@ -92,6 +92,27 @@ def test_export_takes_only_the_sweeps_of_the_specs_it_is_given(exported, tmp_pat
     assert not (tmp_path / "none").exists()
 
 
+def test_a_grid_of_lms_exports_every_setting_and_reads_none_as_the_baseline(tmp_path):
+    """A spec whose own grid is of LMs (as the budget probe experiments/probes/budget_lm.toml, here at smoke
+    size, on the synthetic task): each setting keeps its own row (none is taken for the baseline and merged away), its table
+    compares them, and it has no LM baseline row."""
+    from gptvae.report import comparison_table
+
+    spec_path = tmp_path / "lms.toml"
+    spec_path.write_text('name = "lms"\nfactor = "train.steps"\nvalues = [4, 6]\nsymbol = "steps"\n'
+                         'baseline = false\n[base]\n"model.kind" = "lm"\n')
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    spec = load_spec(spec_path)
+    run_sweep(spec, preset_name="smoke", dataset=None, seeds=[0], overrides=[*(o for o in FAST if not o.startswith(("train.steps", "data."))), "data.dataset=synthetic"],
+              runs_root=tmp_path / "runs", tracker=tracker, progress=False)
+    export_results(tmp_path / "results", tracker=tracker, preset="smoke", experiments={spec.experiment})
+    runs = load_results(tmp_path / "results")["runs"]
+    assert sorted(runs.value) == [4, 6] and set(runs.kind) == {"lm"} and runs.config_hash.nunique() == 2
+    table = comparison_table(runs, spec, tmp_path / "results")
+    row = next(line for line in table.splitlines() if line.startswith("| steps = 6 "))
+    assert row.split(" | ")[4] != "–" and "LM baseline" not in table   # compared with steps = 4; no baseline
+
+
 @pytest.mark.corpus
 def test_tables_and_figures_are_deterministic(exported):
     where, _, _ = exported

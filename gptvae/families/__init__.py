@@ -31,6 +31,8 @@ FAMILIES = {
     "freetransformer": "gptvae.families.freetransformer",   # Fleuret 2025: H bits per token, mid-decoder
 }
 BASELINE = "lm"                        # the family of a sweep's baseline row
+BASELINE_NAME = "LM baseline"          # its run name, "LM baseline seed=<n>": a spec whose own grid is of LMs
+                                       # (a budget probe) has rows of this family that are settings, not the baseline
 
 
 def family(name: str):
@@ -58,4 +60,4 @@ def num_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["BASELINE", "FAMILIES", "build_model", "check_family_config", "family", "free_bits_modes", "num_parameters"]
+__all__ = ["BASELINE", "BASELINE_NAME", "FAMILIES", "build_model", "check_family_config", "family", "free_bits_modes", "num_parameters"]
