@@ -557,6 +557,8 @@ def ablation_report(name: str, *, where: dict[str, Path] | None = None) -> tuple
         "rate_distortion": plots.rate_distortion(runs, spec.experiment, factor_label=spec.label, names=names),
         "curves": plots.training_curves(res["history"], runs, spec.experiment, factor_label=spec.label, names=names),
     }
+    if spec.family == BASELINE:   # a grid of LMs (a budget probe): no rate, no distortion to trade
+        figures.pop("rate_distortion")
     if not paired_frame.empty:
         figures["differences"] = plots.paired_differences(paired_frame, factor_label=spec.label, names=names,
                                                           margin=spec.margin)

@@ -111,6 +111,15 @@ def test_a_grid_of_lms_exports_every_setting_and_reads_none_as_the_baseline(tmp_
     table = comparison_table(runs, spec, tmp_path / "results")
     row = next(line for line in table.splitlines() if line.startswith("| steps = 6 "))
     assert row.split(" | ")[4] != "–" and "LM baseline" not in table   # compared with steps = 4; no baseline
+    from gptvae import plots
+
+    results = load_results(tmp_path / "results")
+    curves = plots.training_curves(results["history"], runs, spec.experiment, factor_label="steps")
+    assert [ax.get_ylabel() for ax in curves.axes if ax.get_visible()] == ["NLL bound (nats/token)"]   # no KL, AU
+    assert {line.get_label() for line in curves.axes[0].lines} == {"4", "6"}   # both settings, no LM baseline
+    panels = plots.metrics_vs_factor(runs, spec.experiment, factor_label="steps", family="LM")
+    labels = [ax.get_ylabel() for ax in panels.axes if ax.get_visible()]
+    assert labels and not any("KL" in label or "active" in label for label in labels)
 
 
 @pytest.mark.corpus
