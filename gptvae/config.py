@@ -275,7 +275,7 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 # cpu-next: the cpu preset's next budget, trained beside the committed study until it is complete (it then
-# becomes `cpu`): the whole cosine over 3,000 steps (6.7 epochs of yelp), with the plateau judged once, at
+# becomes `cpu`): the whole cosine over 3,000 steps (6.5 epochs of yelp), with the plateau judged once, at
 # its end, by the mean test (the last 3 validation points against the 3 before, within 0.01 nats/token).
 # Why (README, "Choosing the cpu budget"): at 2,000 steps most runs still fell 0.01-0.02 over their last
 # 300 steps, and an early stop judged while the learning rate was high ended a λ = 0.1 run on validation
