@@ -16,16 +16,11 @@ import pandas as pd
 
 from gptvae.catalog import ESS_FLOOR, ESTIMATED, FIGURE, bounds, metric, undefined, value_text
 from gptvae.families import BASELINE
+from gptvae.results import baseline_rows
 from gptvae.stats import over_seeds
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fontsize": 9,
                      "figure.dpi": 110, "savefig.dpi": 150, "axes.spines.top": False, "axes.spines.right": False})
-
-def _baseline_rows(runs: pd.DataFrame) -> pd.Series:
-    """Which rows are a sweep's LM baseline: the LM family without a setting (an LM grid's rows, a budget
-    probe's, are settings of their factor)."""
-    return (runs.kind == BASELINE) & runs["value"].isna()
-
 
 def _estimable(frame: pd.DataFrame, key: str) -> pd.Series:
     """The metric, with values the estimator cannot support (IW-NLL at a median ESS below ESS_FLOOR) as NaN."""
@@ -40,7 +35,7 @@ def _estimable(frame: pd.DataFrame, key: str) -> pd.Series:
 def _by_value(runs: pd.DataFrame, experiment: str, key: str) -> pd.DataFrame:
     """Per setting: the mean over seeds, the 95% t interval's half-widths (0 for one seed), the seeds, and
     how many seeds had no estimate (n/a)."""
-    vae = runs[(runs.experiment == experiment) & ~_baseline_rows(runs)]
+    vae = runs[(runs.experiment == experiment) & ~baseline_rows(runs)]
     vae = vae.assign(shown=_estimable(vae, key))
     rows = []
     for value, group in vae.groupby("value"):
@@ -62,7 +57,7 @@ def _by_value(runs: pd.DataFrame, experiment: str, key: str) -> pd.DataFrame:
 
 def _baseline(runs: pd.DataFrame, experiment: str, key: str):
     """(mean, lowest, highest over seeds) of the LM baseline's metric, or None."""
-    lm = runs[(runs.experiment == experiment) & _baseline_rows(runs)]
+    lm = runs[(runs.experiment == experiment) & baseline_rows(runs)]
     if lm.empty or key not in lm or lm[key].isna().all():
         return None
     return lm[key].mean(), lm[key].min(), lm[key].max()
@@ -117,7 +112,7 @@ def _x_axis(ax, positions: dict[float, float], factor_label: str, names=None) ->
 def _reference_lines(ax, runs: pd.DataFrame, experiment: str, key: str) -> None:
     """What a panel is read against: the LM baseline, log N on MI (the whole-set estimator's ceiling), the
     majority class and the untrained architecture on a probe."""
-    rows = runs[(runs.experiment == experiment) & ~_baseline_rows(runs)]
+    rows = runs[(runs.experiment == experiment) & ~baseline_rows(runs)]
     split = key.split(".", 1)[0]
     base = _baseline(runs, experiment, key)
     if base is not None and not metric(key).latent_only:
@@ -183,7 +178,7 @@ def metrics_vs_factor(runs: pd.DataFrame, experiment: str, *, factor_label: str,
     the panel says so. names: the grid of a factor of names (runs.value is then a position in it)."""
     mine = runs[runs.experiment == experiment]
     corpora = set(mine["dataset"].dropna()) if "dataset" in mine else set()
-    grid = mine[~_baseline_rows(mine)]
+    grid = mine[~baseline_rows(mine)]
     lms = set(grid.kind) == {BASELINE}   # an LM grid (a budget probe): its latent-only metrics measure nothing
     metrics = [m for m in (metrics or FIGURE) if m in grid and grid[m].notna().any() and not (lms and metric(m).latent_only)
                and not any(undefined(m, corpus) for corpus in corpora)]   # a metric that measures nothing there
@@ -391,7 +386,7 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
                     keys=("val/nll_bound_per_token", "val/kl", "val/au"), names=None):
     """The validation bound (where a plateau shows), KL and active units over training, one line per
     setting (mean over seeds, their range shaded), the LM's bound dashed."""
-    vae = runs[(runs.experiment == experiment) & ~_baseline_rows(runs)][["run_id", "value"]]
+    vae = runs[(runs.experiment == experiment) & ~baseline_rows(runs)][["run_id", "value"]]
     curves = history.merge(vae.rename(columns={"value": "setting"}), on="run_id")
     lms = set(runs.loc[runs.run_id.isin(vae.run_id), "kind"]) == {BASELINE}   # an LM grid: no KL, no AU
     keys = [k for k in keys if (curves.key == k).any() and not (lms and metric(k).latent_only)] or list(keys[:1])
@@ -407,7 +402,7 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
             if (stats["count"] > 1).any():   # seeds as a band: their range
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
         if key == "val/nll_bound_per_token":
-            lm = runs[(runs.experiment == experiment) & _baseline_rows(runs)][["run_id"]]
+            lm = runs[(runs.experiment == experiment) & baseline_rows(runs)][["run_id"]]
             points = history[(history.key == key) & history.run_id.isin(lm.run_id)]
             if not points.empty:
                 ax.plot(*zip(*points.groupby("step")["value"].mean().items()), color="black", linestyle="--",

@@ -20,7 +20,7 @@ from gptvae import plots
 from gptvae.catalog import ESS_FLOOR, ESTIMATED, NLL, bounds, mi_at_ceiling, not_estimable, undefined, value_text
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
-from gptvae.results import PRECISION, load_results, load_sentences
+from gptvae.results import PRECISION, baseline_rows, is_baseline, load_results, load_sentences
 from gptvae.stats import NOT_JUDGED, Drift, Interval, drift, over_seeds, paired, trend, verdict
 from gptvae.stats import use as use_word
 from gptvae.sweep import MARGIN, ComparisonRow, SweepSpec, load_specs
@@ -92,7 +92,7 @@ def _setting_rows(runs: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, object
         rows = _of_setting(mine, row.kind, row.value)
         if not rows.empty:
             out.append((row.name, row, rows))
-    lm = mine[(mine.kind == BASELINE) & mine.setting.fillna("").astype(str).eq("")]   # not an LM grid's settings
+    lm = mine[baseline_rows(mine)]
     if not lm.empty:
         out.append(("LM baseline", None, lm))
     return out
@@ -504,7 +504,7 @@ def samples_table(samples: pd.DataFrame, runs: pd.DataFrame, spec: SweepSpec) ->
 
 def setting_label(spec: SweepSpec | None, row) -> str:
     """A runs.csv row's setting in words: "LM baseline", a comparison row's name, or the grid's "λ = 0.25"."""
-    if row.kind == BASELINE and pd.isna(row.value):   # the baseline (an LM grid's rows have their values)
+    if is_baseline(row.kind, row.setting):
         return "LM baseline"
     if spec is None:
         return f"value = {value_text(row.value)}"
@@ -718,9 +718,10 @@ class PaperContext:
         self.all_runs, self.history, self.ksweep = results["runs"], results["history"], results["ksweep"]
         self.specs = specs(where)
         # the study the paper's setup, verdicts and K sweeps describe: GPTVAE's ablations on the preset's corpus.
-        # Another family's or another corpus's sweep (the Free Transformer's κ) is read by its experiment only
+        # Another family's or another corpus's sweep (the Free Transformer's κ) is read by its experiment only, and
+        # a run of an experiment that no spec names (a probe exported into the same folder) is read by none
         study = [e for e, spec in self.specs.items() if in_study(spec)]
-        self.runs = self.all_runs[self.all_runs.experiment.isin(study) | ~self.all_runs.experiment.isin(self.specs)]
+        self.runs = self.all_runs[self.all_runs.experiment.isin(study)]
         self.cited: dict[str, set[str]] = {}
 
     def _rel(self, path: Path) -> str:
@@ -760,7 +761,7 @@ class PaperContext:
         """The runs of a setting (a grid value or name; None or "lm": the LM baseline; "reference")."""
         runs = self.all_runs[self.all_runs.experiment == experiment]
         if setting is None or setting == "lm":
-            return runs[runs.kind == BASELINE]
+            return runs[baseline_rows(runs)]
         spec = self.specs[experiment]
         if setting == "reference":
             setting = spec.reference_value

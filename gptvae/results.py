@@ -155,6 +155,17 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
                                                      ascending=[True, False, True, True]).reset_index(drop=True)
 
 
+def is_baseline(kind: str, setting) -> bool:
+    """Whether a runs.csv row is a sweep's LM baseline, as `collect_runs` writes it: the family BASELINE with
+    no setting (and so no value). The rows of an LM grid (a budget probe) are settings of their factor."""
+    return kind == BASELINE and (not isinstance(setting, str) and pd.isna(setting) or str(setting) == "")
+
+
+def baseline_rows(runs: pd.DataFrame) -> pd.Series:
+    """`is_baseline` for every row of a runs frame."""
+    return pd.Series([is_baseline(k, s) for k, s in zip(runs.kind, runs.setting)], index=runs.index, dtype=bool)
+
+
 def _value(setting: str, grid: str | None) -> float:
     """A setting as a number: itself, or for a factor of names its position in the spec's grid."""
     try:

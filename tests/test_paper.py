@@ -356,3 +356,23 @@ def test_runs_that_fell_back_to_fp32_are_counted_in_the_setup(tmp_path):
     runs.to_csv(path, index=False)
     note = PaperContext(where, tmp_path).precision_note()
     assert "2 runs trained in fp32 instead (2 in ablation-kl-floor)" in note, note
+
+
+def test_runs_of_an_experiment_no_spec_names_stay_out_of_the_setup(tmp_path):
+    """A results folder may hold rows of an experiment without a spec (a budget probe exported beside the
+    study): the paper's setup constants and seed counts read the study's specs only, so a probe's longer
+    schedule is neither taken for the study's nor turned into a "two values" error."""
+    from gptvae.report import PaperContext
+
+    where = synthetic_study(tmp_path, floor_effect=3.0, use=2.0, only="kl_floor")
+    path = where["results"] / "runs.csv"
+    runs = pd.read_csv(path, dtype={"setting": str})
+    steps, seeds = PaperContext(where, tmp_path).const("train.steps"), PaperContext(where, tmp_path).max_seeds()
+    one = runs[runs.kind == "vae"].head(1)
+    probe = pd.concat([one.assign(experiment="probe-budget", run_id=f"probe{s}", seed=s) for s in range(seeds + 2)])
+    probe["train.steps"] = steps + 1500
+    pd.concat([runs, probe]).to_csv(path, index=False)
+    ctx = PaperContext(where, tmp_path)
+    assert ctx.const("train.steps") == steps and ctx.max_seeds() == seeds
+    assert "probe-budget" in set(ctx.all_runs.experiment)   # still exported, read by its experiment name alone
+    assert ctx.const("train.steps", "probe-budget") == steps + 1500

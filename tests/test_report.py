@@ -92,6 +92,23 @@ def test_export_takes_only_the_sweeps_of_the_specs_it_is_given(exported, tmp_pat
     assert not (tmp_path / "none").exists()
 
 
+def test_the_baseline_is_the_lm_row_with_no_setting_in_every_reader(tmp_path):
+    """One rule, as collect_runs writes it, read back from a CSV (where "" becomes NaN): an LM with no setting.
+    An LM grid's setting and an LM comparison row off the grid (value NaN, a name) are not the baseline."""
+    import pandas as pd
+
+    from gptvae.report import setting_label
+    from gptvae.results import baseline_rows, is_baseline
+
+    runs = pd.DataFrame({"kind": ["lm", "lm", "lm", "vae"], "setting": ["", "3000", "LM, no latent", ""],
+                         "value": [float("nan"), 3000.0, float("nan"), float("nan")]})
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    for frame in (runs, pd.read_csv(tmp_path / "runs.csv")):
+        assert baseline_rows(frame).tolist() == [True, False, False, False]
+        assert [is_baseline(r.kind, r.setting) for r in frame.itertuples()] == [True, False, False, False]
+        assert setting_label(None, next(frame.itertuples())) == "LM baseline"
+
+
 def test_a_grid_of_lms_exports_every_setting_and_reads_none_as_the_baseline(tmp_path):
     """A spec whose own grid is of LMs (as the budget probe experiments/probes/budget_lm.toml, here at smoke
     size, on the synthetic task): each setting keeps its own row (none is taken for the baseline and merged away), its table

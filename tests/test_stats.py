@@ -502,10 +502,11 @@ def test_a_metrics_panel_draws_a_far_setting_beyond_its_axis_with_its_numbers():
     interval printed. A panel without such a setting keeps every point on its own scale."""
     from gptvae import plots
 
-    rows = [{"experiment": "ablation-x", "kind": "vae", "value": v, "seed": s, "valid.iw_nll_per_token": m + 0.01 * s,
-             "valid.kl": k + s} for v, m, k in ((0.0, 3.50, 0.0), (1.0, 3.52, 6.0), (8.0, 8.10, 9.0)) for s in range(3)]
-    rows += [{"experiment": "ablation-x", "kind": "lm", "value": np.nan, "seed": s, "valid.iw_nll_per_token": 3.46}
-             for s in range(3)]
+    rows = [{"experiment": "ablation-x", "kind": "vae", "value": v, "setting": str(v), "seed": s,
+             "valid.iw_nll_per_token": m + 0.01 * s, "valid.kl": k + s}
+            for v, m, k in ((0.0, 3.50, 0.0), (1.0, 3.52, 6.0), (8.0, 8.10, 9.0)) for s in range(3)]
+    rows += [{"experiment": "ablation-x", "kind": "lm", "value": np.nan, "setting": "", "seed": s,
+              "valid.iw_nll_per_token": 3.46} for s in range(3)]
     runs = pd.DataFrame(rows)
     fig = plots.metrics_vs_factor(runs, "ablation-x", factor_label="κ", metrics=["valid.iw_nll_per_token", "valid.kl"])
     likelihood, rate = fig.axes[:2]
