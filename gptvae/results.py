@@ -158,7 +158,7 @@ def collect_runs(tracker: Tracker, *, preset: str | None = None, dataset: str | 
 def is_baseline(kind: str, setting) -> bool:
     """Whether a runs.csv row is a sweep's LM baseline, as `collect_runs` writes it: the family BASELINE with
     no setting (and so no value). The rows of an LM grid (a budget probe) are settings of their factor."""
-    return kind == BASELINE and (not isinstance(setting, str) and pd.isna(setting) or str(setting) == "")
+    return kind == BASELINE and (pd.isna(setting) or str(setting) == "")   # NaN in a frame, "" as read back
 
 
 def baseline_rows(runs: pd.DataFrame) -> pd.Series:
