@@ -1129,6 +1129,19 @@ class PaperContext:
             parts.append(f"{name}: {runs}")
         return "; ".join(parts)
 
+    def precision_mix(self, experiment: str) -> str:
+        """A sentence for an ablation whose rows trained in more than one precision (a study trained in pieces on
+        machines with and without fast bf16), naming which runs trained how; "" when they all trained alike. Its
+        paired differences between settings trained differently carry the precision's effect with the setting's,
+        and the reader must be told so where the comparison is made."""
+        rows = self.all_runs[self.all_runs.experiment == experiment]
+        recorded = rows[PRECISION] if PRECISION in rows else pd.Series(np.nan, index=rows.index)
+        if recorded.fillna("not recorded").nunique() < 2:
+            return ""
+        return (f"Not all of these runs trained in the same precision ({self.precisions(experiment)}), so a "
+                f"paired difference between settings trained differently carries the precision's effect with the "
+                f"setting's.")
+
     def ablations(self) -> list[SweepSpec]:
         """Every spec whose sweep has exported runs, by name: the paper's generic sections loop over these."""
         return [spec for spec in sorted(self.specs.values(), key=lambda s: s.name) if self.has(spec.experiment)]
@@ -1322,7 +1335,7 @@ class PaperContext:
                  "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
                  "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "closest", "lift", "collapsed",
-                 "regimes", "precisions", "margin_of")
+                 "regimes", "precisions", "precision_mix", "margin_of")
         return {**{name: getattr(self, name) for name in names}, "margin": MARGIN, "e_margin": math.exp(MARGIN)}
 
 

@@ -358,6 +358,27 @@ def test_runs_that_fell_back_to_fp32_are_counted_in_the_setup(tmp_path):
     assert "2 runs trained in fp32 instead (2 in ablation-kl-floor)" in note, note
 
 
+def test_an_ablation_trained_in_two_precisions_says_so_beside_its_comparisons(tmp_path):
+    """A study trained in pieces may put a setting trained in fp32 (a machine without fast bf16) against a
+    reference trained in bf16: the section's comparisons then name which runs trained how, and say nothing
+    where every run trained alike."""
+    from gptvae.report import PaperContext
+    from gptvae.results import PRECISION
+
+    where = synthetic_study(tmp_path, floor_effect=3.0, use=2.0, only="kl_floor")
+    path = where["results"] / "runs.csv"
+    runs = pd.read_csv(path, dtype={"setting": str})
+    runs[PRECISION] = "bf16"
+    runs.to_csv(path, index=False)
+    assert PaperContext(where, tmp_path).precision_mix("ablation-kl-floor") == ""
+    seed0 = runs.index[runs.seed == 0]
+    runs.loc[seed0, PRECISION] = "fp32"
+    runs.to_csv(path, index=False)
+    mix = PaperContext(where, tmp_path).precision_mix("ablation-kl-floor")
+    assert "Not all of these runs trained in the same precision" in mix, mix
+    assert f"fp32: {len(seed0)} runs, seed 0" in mix and "bf16 autocast:" in mix, mix
+
+
 def test_runs_of_an_experiment_no_spec_names_stay_out_of_the_setup(tmp_path):
     """A results folder may hold rows of an experiment without a spec (a budget probe exported beside the
     study): the paper's setup constants and seed counts read the study's specs only, so a probe's longer
