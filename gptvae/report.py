@@ -1112,15 +1112,20 @@ class PaperContext:
         rows = self.all_runs[self.all_runs.experiment == experiment]
         return int((rows[rows.kind == kind] if kind else rows).seed.nunique())
 
-    def precisions(self, experiment: str) -> str:
-        """How an experiment's runs trained, by precision and seed: "bf16 autocast (seed 0), fp32 (seed 1)", with
-        the runs exported before the precision was recorded named as such. A comparison between seeds trained in
-        different precisions mixes the two, and the reader must be able to see it."""
+    def _precision_labels(self, experiment: str) -> tuple[pd.DataFrame, pd.Series]:
+        """An experiment's rows and, for each, how it trained in words (runs exported before the precision was
+        recorded named as such)."""
         rows = self.all_runs[self.all_runs.experiment == experiment]
         recorded = rows[PRECISION] if PRECISION in rows else pd.Series(np.nan, index=rows.index)
         names = {"bf16": "bf16 autocast", "fp32": "fp32", "mixed": "partly bf16, partly fp32"}
         unrecorded = "a precision not recorded (exported before it was)"
-        label = recorded.map(lambda p: unrecorded if pd.isna(p) else names.get(str(p), unrecorded))
+        return rows, recorded.map(lambda p: unrecorded if pd.isna(p) else names.get(str(p), unrecorded))
+
+    def precisions(self, experiment: str) -> str:
+        """How an experiment's runs trained, by precision and seed: "bf16 autocast (seed 0), fp32 (seed 1)", with
+        the runs exported before the precision was recorded named as such. A comparison between seeds trained in
+        different precisions mixes the two, and the reader must be able to see it."""
+        rows, label = self._precision_labels(experiment)
         parts = []
         for name, group in rows.assign(label=label).groupby("label", sort=True):
             seeds = sorted(int(s) for s in group.seed.unique())
@@ -1134,9 +1139,7 @@ class PaperContext:
         machines with and without fast bf16), naming which runs trained how; "" when they all trained alike. Its
         paired differences between settings trained differently carry the precision's effect with the setting's,
         and the reader must be told so where the comparison is made."""
-        rows = self.all_runs[self.all_runs.experiment == experiment]
-        recorded = rows[PRECISION] if PRECISION in rows else pd.Series(np.nan, index=rows.index)
-        if recorded.fillna("not recorded").nunique() < 2:
+        if self._precision_labels(experiment)[1].nunique() < 2:
             return ""
         return (f"Not all of these runs trained in the same precision ({self.precisions(experiment)}), so a "
                 f"paired difference between settings trained differently carries the precision's effect with the "
