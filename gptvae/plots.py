@@ -390,14 +390,14 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
     curves = history.merge(vae.rename(columns={"value": "setting"}), on="run_id")
     lms = set(runs.loc[runs.run_id.isin(vae.run_id), "kind"]) == {BASELINE}   # an LM grid: no KL, no AU
     keys = [k for k in keys if (curves.key == k).any() and not (lms and metric(k).latent_only)] or list(keys[:1])
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.3), squeeze=False)
     cmap = plt.get_cmap("viridis")
     values = sorted(vae["value"].unique())
     for ax, key in zip(axes.flat, keys):
         for i, value in enumerate(values):
             points = curves[(curves.key == key) & (curves.setting == value)]
             stats = points.groupby("step")["value"].agg(["mean", "min", "max", "count"])
-            colour = cmap(i / max(1, len(values) - 1))
+            colour = cmap(0.85 * i / max(1, len(values) - 1))   # viridis' last yellow is hard to see on white
             ax.plot(stats.index, stats["mean"], color=colour, label=_name(value, names))
             if (stats["count"] > 1).any():   # seeds as a band: their range
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
@@ -409,6 +409,12 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
                         linewidth=1.2, label="LM baseline", zorder=5)   # on top: it runs close to a collapsed VAE
         if key in ("val/au", "val/kl"):
             ax.set_ylim(bottom=0)
+        if key == "val/kl" and not curves.empty:   # the KL a schedule's ramp settles to, not its excursion at β ≈ 0
+            shown = curves[curves.key == key]
+            late = shown[shown.step >= 0.5 * shown.step.max()]["value"]
+            if not late.empty and float(shown["value"].max()) > 2 * float(late.max()):
+                ax.set_ylim(0, 1.1 * float(late.max()) + 1e-3)
+                ax.set_title("(the range of the second half of training; earlier steps lie above it)", fontsize=8)
         if key == "val/nll_bound_per_token" and not curves.empty:   # the plateau, not the first steps' fall
             shown = history[(history.key == key) & history.run_id.isin(runs[runs.experiment == experiment].run_id)]
             late = shown[shown.step >= 0.5 * shown.step.max()]["value"]   # after any KL schedule's ramp
@@ -420,13 +426,16 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, experiment: str, 
         ax.set_xlabel("training step")
         ax.set_ylabel(metric(key).axis)
     handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
-    axes.flat[-1].legend(handles.values(), handles.keys(), title=factor_label, loc="best", ncol=2)
-    seeds = runs.loc[runs.experiment == experiment, "seed"].nunique()
+    fig.legend(handles.values(), handles.keys(), title=factor_label, loc="lower center", ncol=min(len(handles), 6),
+               frameon=False)   # below the panels, so that it hides no curve
+    counts = curves[["setting", "run_id"]].drop_duplicates().groupby("setting").size() if not curves.empty else []
+    seeds = "–".join(str(n) for n in sorted({int(min(counts)), int(max(counts))})) if len(counts) else "0"
     shown = {"val/nll_bound_per_token": "the validation bound (-ELBO)", "val/kl": "KL", "val/au": "active units"}
     what = [shown.get(k, metric(k).axis) for k in keys]
     what = what[0] if len(what) == 1 else ", ".join(what[:-1]) + " and " + what[-1]
-    fig.suptitle(f"Training: {what} (mean and range over {seeds} seed{'s' * (seeds > 1)})")
-    fig.tight_layout()
+    fig.suptitle(f"Training: {what} (mean and range over {seeds} seed{'' if seeds == '1' else 's'} per setting)")
+    rows = 1 + (len(handles) - 1) // 6
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * rows, 1, 1))
     return fig
 
 

@@ -21,7 +21,7 @@ from gptvae.catalog import ESS_FLOOR, ESTIMATED, NLL, bounds, mi_at_ceiling, not
 from gptvae.families import BASELINE
 from gptvae.files import atomic_write_text
 from gptvae.results import PRECISION, baseline_rows, is_baseline, load_results, load_sentences
-from gptvae.stats import NOT_JUDGED, Drift, Interval, drift, over_seeds, paired, trend, verdict
+from gptvae.stats import NOT_JUDGED, Drift, Interval, drift, level_drift, over_seeds, paired, trend, verdict
 from gptvae.stats import use as use_word
 from gptvae.sweep import MARGIN, ComparisonRow, SweepSpec, load_specs
 
@@ -166,6 +166,32 @@ def _bounds(history: pd.DataFrame, rows: pd.DataFrame) -> dict[int, pd.Series]:
         if not curve.empty:
             out[int(row.seed)] = curve.groupby("step").value.last()
     return out
+
+
+def _rates(history: pd.DataFrame, rows: pd.DataFrame) -> dict[int, pd.Series]:
+    """seed -> the run's validation KL per token by step: KL per sentence times the bound per token over the
+    bound per sentence (the same validation sentences at every point)."""
+    keys = ["val/kl", BOUND, "val/neg_elbo"]
+    curves = history[history.key.isin(keys)] if not history.empty else history
+    out = {}
+    for row in rows[["run_id", "seed"]].itertuples():
+        curve = curves[curves.run_id == row.run_id].pivot_table(index="step", columns="key", values="value",
+                                                                aggfunc="last")
+        if not curve.empty and set(keys) <= set(curve.columns):
+            rate = (curve["val/kl"] * curve[BOUND] / curve["val/neg_elbo"]).dropna()
+            if not rate.empty:
+                out[int(row.seed)] = rate
+    return out
+
+
+def rate_settling(history: pd.DataFrame, rows: pd.DataFrame) -> Drift:
+    """Whether a setting's rate (KL per token, mean over its runs) had settled when its runs stopped, over
+    their plateau window and tolerance (`gptvae.stats.level_drift`): a bound can plateau while its KL still
+    trades against Rec, and a decoder's use read from such a run is the use of that moment."""
+    window, tolerance = _logged(rows, "train.patience"), _logged(rows, "train.tolerance")
+    if math.isnan(window) or math.isnan(tolerance):
+        return NOT_JUDGED
+    return level_drift(_rates(history, rows), window=int(window), tolerance=tolerance)
 
 
 def _logged(rows: pd.DataFrame, key: str) -> float:
@@ -893,6 +919,11 @@ class PaperContext:
             others = {spec.setting(spec.reference_value): self._rows(experiment, "reference"), **others}
         return settling(self.history, self._rows(experiment, setting), others)
 
+    def rate(self, experiment: str, setting) -> Drift:
+        """Whether a setting's KL per token had settled when its runs stopped (`rate_settling`)."""
+        rows = self._rows(experiment, setting)
+        return NOT_JUDGED if rows.empty else rate_settling(self.history, rows)
+
     def settlings(self) -> dict:
         """Over every setting of every ablation with exported runs: how many had their differences judged,
         how many settled, the largest move among them, and the settings still moving."""
@@ -953,14 +984,21 @@ class PaperContext:
                 "sentences": int(part["n_sequences"].max()) if "n_sequences" in part else None}
 
     def bound_word(self, experiment: str, setting, against="reference") -> str:
-        """The likelihood word of `compare`, with *costs* kept only where the interval's lower end exceeds
-        how much further the setting's bound falls with more samples (its K sweep, where it has one): a
-        cost the bound's looseness could hold is "not resolved (within the bound's looseness)"."""
+        """What a comparison of IW-NLL says about the likelihood. Its own word (`compare`, the tables' word) is
+        about the bound. A VAE's bound lies above its NLL by its looseness, of which the K sweep measures a
+        lower bound (`looseness`), so *costs* carries over to the likelihood only where the interval's lower end
+        exceeds that measured fall; a cost that the measured looseness could hold, or whose setting has no K
+        sweep, leaves the likelihood's cost "not resolved" with the reason. Other words carry over unchanged
+        (an upper bound that buys or ties is still read as the bound's)."""
         c = self.compare(experiment, setting, against)
+        if c.word != "costs":
+            return c.word
         loose = self.looseness(experiment, setting)
-        if c.word == "costs" and loose is not None and c.interval.low <= loose["fall"]:
-            return "not resolved (within the bound's looseness)"
-        return c.word
+        if loose is None:
+            return "not resolved (no K sweep measures the bound's looseness)"
+        if c.interval.low <= loose["fall"]:
+            return "not resolved (within the bound's measured looseness)"
+        return "costs"
 
     def masked_gain(self, experiment: str, setting) -> Comparison:
         """For a decoder trained with latent dropout: its exact NLL with the latent slot masked minus its own
@@ -1088,8 +1126,8 @@ class PaperContext:
         return None
 
     def k_decade(self) -> tuple[float, float, int, int] | None:
-        """How far the IW-NLL of the latent-using settings with a K sweep still falls over the sweep's last
-        decade of K: (smallest, largest) fall in nats/token, and that decade's ends; None without a sweep."""
+        """How far the IW-NLL of the VAE settings with a K sweep still falls over the sweep's last decade of K
+        (a collapsed setting's bound is exact, so its fall is about 0): (smallest, largest) fall in nats/token, and that decade's ends; None without a sweep."""
         ksweep = self.ksweep
         if ksweep.empty or (ksweep := ksweep[ksweep.split == "valid"]).empty:
             return None
@@ -1098,7 +1136,8 @@ class PaperContext:
         if falls.empty:
             return None
         self._cite(self.runs[self.runs.run_id.isin(set(ksweep.run_id)) & (self.runs.kind != BASELINE)])
-        return float(falls.min()), float(falls.max()), int(grid["decade"]), int(grid["top"])
+        low, high = (round(float(x), 4) + 0.0 for x in (falls.min(), falls.max()))   # + 0.0: no "-0.0000"
+        return low, high, int(grid["decade"]), int(grid["top"])
 
     def has(self, experiment: str) -> bool:
         return bool((self.all_runs.experiment == experiment).any())
@@ -1333,8 +1372,8 @@ class PaperContext:
     def functions(self) -> dict:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const", "span",
-                 "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "bound_word", "looseness",
-                 "masked_gain", "lm_half_width", "setting_const", "precision_note",
+                 "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "bound_word",
+                 "looseness", "rate", "masked_gain", "lm_half_width", "setting_const", "precision_note",
                  "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
                  "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "closest", "lift", "collapsed",

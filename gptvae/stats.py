@@ -185,7 +185,7 @@ class Drift:
 
     move: float                  # nats per token: what the trend of the difference changed over the last window
     seeds: int                   # seeds whose two runs both have curves
-    word: str                    # "settled", "still moving" or "not judged"
+    word: str                    # "settled", "still moving" (or, for one quantity, "still rising" / "still falling"), "not judged"
     against: tuple[str, ...] = ()   # what the setting was compared with, where a caller names it
 
     def __str__(self) -> str:
@@ -208,21 +208,41 @@ def drift(a: dict[int, pd.Series], b: dict[int, pd.Series], *, window: int, tole
     improve at the step limit, as runs whose cosine ends there do, can differ by an amount that no longer
     moves. "settled" below the tolerance, "still moving" at or above it, "not judged" with no seed in
     common, no window or too few points."""
-    curves = []
+    curves = {}
     for seed in sorted(set(a) & set(b)):
         pair = pd.concat({"a": a[seed].groupby(level=0).last(), "b": b[seed].groupby(level=0).last()}, axis=1)
         pair = pair.sort_index().ffill()
-        curves.append((pair.a - pair.b).dropna())
+        curves[seed] = (pair.a - pair.b).dropna()
+    move = _tail_move(curves, window=window, tolerance=tolerance)
+    if math.isnan(move):
+        return NOT_JUDGED
+    return Drift(abs(move), len(curves), "settled" if abs(move) < tolerance else "still moving")
+
+
+def level_drift(curves: dict[int, pd.Series], *, window: int, tolerance: float) -> Drift:
+    """Whether one quantity, such as a setting's rate (its KL per token), had settled when training stopped:
+    `drift` applied to the quantity itself instead of a difference. seed -> the quantity by step; the mean over
+    seeds (a run that stopped earlier held at its last value), its least-squares move over the last `window` + 1
+    points. "settled" below the tolerance, else "still rising" or "still falling"; "not judged" as `drift`."""
+    move = _tail_move({seed: curve.groupby(level=0).last().dropna() for seed, curve in curves.items()},
+                      window=window, tolerance=tolerance)
+    if math.isnan(move):
+        return NOT_JUDGED
+    word = "settled" if abs(move) < tolerance else "still rising" if move > 0 else "still falling"
+    return Drift(abs(move), len(curves), word)
+
+
+def _tail_move(curves: dict[int, pd.Series], *, window: int, tolerance: float) -> float:
+    """The mean over seeds of curves by step (each held at its last value), and what its least-squares trend
+    changes over its last window + 1 points, signed; NaN with no curve, no window or too few points."""
     if window < 1 or not curves or math.isnan(tolerance):
-        return NOT_JUDGED
-    mean = pd.concat(curves, axis=1).sort_index().ffill().mean(axis=1).dropna()
+        return math.nan
+    mean = pd.concat(list(curves.values()), axis=1).sort_index().ffill().mean(axis=1).dropna()
     if len(mean) <= window:
-        return NOT_JUDGED
+        return math.nan
     tail = mean.iloc[-(window + 1):]
     steps = tail.index.to_numpy(np.float64)
-    slope = float(np.polyfit(steps, tail.to_numpy(np.float64), 1)[0])
-    move = abs(slope) * float(steps[-1] - steps[0])
-    return Drift(move, len(curves), "settled" if move < tolerance else "still moving")
+    return float(np.polyfit(steps, tail.to_numpy(np.float64), 1)[0]) * float(steps[-1] - steps[0])
 
 
 # words: chosen by the interval, never typed by hand
@@ -298,5 +318,5 @@ def trend(steps: list[Interval]) -> str:
     return "not resolved"
 
 
-__all__ = ["LEVEL", "Drift", "Interval", "crossed_variance", "drift", "effective_dof", "over_seeds", "paired", "trend",
-           "use", "verdict"]
+__all__ = ["LEVEL", "Drift", "Interval", "crossed_variance", "drift", "effective_dof", "level_drift", "over_seeds", "paired",
+           "trend", "use", "verdict"]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gptvae.stats import Interval, drift, over_seeds, paired, trend, use, verdict
+from gptvae.stats import Interval, drift, level_drift, over_seeds, paired, trend, use, verdict
 
 
 def frame(values, tokens=None, sentences=None):
@@ -138,25 +138,29 @@ def test_seeds_that_agree_by_chance_keep_their_few_degrees_of_freedom():
     assert (diff.high - diff.low) / 2 > 5 * math.sqrt(variance)
 
 
-@pytest.mark.parametrize("seed_sd, low, high", [
-    (0.0, 0.95, 1.0),    # no seed effect: two or three seeds that agree are not read as proof of it
-    (0.05, 0.95, 1.0),   # a seed effect below the sentence noise: conservative, never below 95%
-    (0.3, 0.91, 0.98),   # the seeds dominate: about 95%, the seed-by-sentence noise counted once, not twice
+@pytest.mark.parametrize("seeds, seed_sd, low, high", [
+    (3, 0.0, 0.95, 1.0),    # no seed effect: two or three seeds that agree are not read as proof of it
+    (3, 0.05, 0.95, 1.0),   # a seed effect below the sentence noise: conservative, never below 95%
+    (3, 0.3, 0.91, 0.98),   # the seeds dominate: about 95%, the seed-by-sentence noise counted once, not twice
+    (2, 0.0, 0.95, 1.0),    # two seeds: t(1) wherever the seeds' mean square counts, so conservative throughout
+    (2, 0.05, 0.95, 1.0),
+    (2, 0.3, 0.95, 1.0),
 ])
-def test_intervals_are_not_anticonservative(seed_sd, low, high):
+@pytest.mark.parametrize("per_token", [False, True])
+def test_intervals_are_not_anticonservative(seeds, seed_sd, low, high, per_token):
     """Differences that are mostly seed-by-sentence noise (separately trained models disagree sentence by
-    sentence), with a seed effect of three sizes: 95% intervals of three seeds cover the true 0 at least 95%
-    of the time. Dropping the seed term whenever its mean square fell below the noise's covered 90-92% with
-    a small seed effect. Adding the spread over seeds to a sentence bootstrap counts the noise twice and
-    covers about 99% even where the seeds dominate."""
+    sentence), with a seed effect of three sizes: 95% intervals of two or three seeds cover the true 0 at least
+    95% of the time, also for the per-token ratio through its linearisation. Dropping the seed term whenever its
+    mean square fell below the noise's covered 90-92% with a small seed effect. Adding the spread over seeds to a
+    sentence bootstrap counts the noise twice and covers about 99% even where the seeds dominate."""
     rng = np.random.default_rng(7)
     covered, studies = 0, 300
     for _ in range(studies):
         sentence = rng.normal(0, 0.3, 200)
-        b = {s: frame(rng.normal(30, 5, 200)) for s in range(3)}
+        b = {s: frame(rng.normal(30, 5, 200), tokens=rng.integers(5, 15, 200)) for s in range(seeds)}
         a = {s: b[s].assign(iw_nll=b[s].iw_nll + sentence + rng.normal(0, seed_sd) + rng.normal(0, 1.0, 200))
              for s in b}
-        diff = paired(a, b, "iw_nll", per_token=False)
+        diff = paired(a, b, "iw_nll", per_token=per_token)
         covered += diff.low <= 0 <= diff.high
     assert low <= covered / studies <= high
 
@@ -231,6 +235,23 @@ def test_a_run_that_stopped_early_is_compared_by_its_final_model():
     assert drift(a, b, window=7, tolerance=0.01).word == "not judged"           # 7 points, not 8
     assert drift(a, {1: b[0]}, window=3, tolerance=0.01).word == "not judged"   # no seed in common
     assert str(drift(a, {1: b[0]}, window=3, tolerance=0.01)) == "n/a"
+
+
+def test_a_rate_still_trading_against_distortion_is_named_by_its_direction():
+    """A bound can plateau while its KL still falls (a cyclical schedule's last β = 1 stretch): the rate's own
+    trend over the plateau window says so, with its direction; a level KL with noise has settled."""
+    steps = np.arange(10.0)
+    falling = {0: _curve(0.7 - 0.01 * steps), 1: _curve(0.8 - 0.01 * steps)}   # 0.01 per 100 steps
+    d = level_drift(falling, window=3, tolerance=0.01)
+    assert d.word == "still falling" and d.seeds == 2 and d.move == pytest.approx(0.03)
+    rising = {0: _curve(0.1 + 0.01 * steps)}
+    assert level_drift(rising, window=3, tolerance=0.01).word == "still rising"
+    assert level_drift(rising, window=3, tolerance=0.031).word == "settled"
+    level = {0: _curve([0.3] * 6 + [0.3, 0.33, 0.33, 0.3])}                 # noise, no trend
+    assert level_drift(level, window=3, tolerance=0.01).move == pytest.approx(0.0)
+    stopped = {0: _curve([0.5, 0.4, 0.3]), 1: _curve(0.1 * np.ones(10))}   # held at its last value
+    assert level_drift(stopped, window=3, tolerance=0.01).word == "settled"
+    assert level_drift({0: _curve([0.3, 0.2, 0.1])}, window=3, tolerance=0.01).word == "not judged"
 
 
 def test_an_interval_over_seeds_stays_within_what_the_quantity_can_take():
