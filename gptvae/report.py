@@ -1127,7 +1127,8 @@ class PaperContext:
 
     def k_decade(self) -> tuple[float, float, int, int] | None:
         """How far the IW-NLL of the VAE settings with a K sweep still falls over the sweep's last decade of K
-        (a collapsed setting's bound is exact, so its fall is about 0): (smallest, largest) fall in nats/token, and that decade's ends; None without a sweep."""
+        (a collapsed setting's bound is exact, so its fall is about 0): (smallest, largest) fall in nats/token,
+        and that decade's ends; None without a sweep."""
         ksweep = self.ksweep
         if ksweep.empty or (ksweep := ksweep[ksweep.split == "valid"]).empty:
             return None

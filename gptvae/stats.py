@@ -185,7 +185,7 @@ class Drift:
 
     move: float                  # nats per token: what the trend of the difference changed over the last window
     seeds: int                   # seeds whose two runs both have curves
-    word: str                    # "settled", "still moving" (or, for one quantity, "still rising" / "still falling"), "not judged"
+    word: str                    # "settled", "still moving" ("still rising" / "still falling": one quantity), "not judged"
     against: tuple[str, ...] = ()   # what the setting was compared with, where a caller names it
 
     def __str__(self) -> str:
@@ -318,5 +318,5 @@ def trend(steps: list[Interval]) -> str:
     return "not resolved"
 
 
-__all__ = ["LEVEL", "Drift", "Interval", "crossed_variance", "drift", "effective_dof", "level_drift", "over_seeds", "paired",
-           "trend", "use", "verdict"]
+__all__ = ["LEVEL", "Drift", "Interval", "crossed_variance", "drift", "effective_dof", "level_drift", "over_seeds",
+           "paired", "trend", "use", "verdict"]
