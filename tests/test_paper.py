@@ -339,6 +339,24 @@ def test_an_estimate_off_the_exact_entropy_is_named_by_its_interval(tmp_path, of
     assert ctx.entropy_gap("ablation-kappa", "GPTVAE, 8.375 bits in all").word == word
 
 
+def test_the_setup_states_the_plateau_protocol_the_runs_logged(tmp_path):
+    """An early stop (train.stop_on_plateau, the default) and a plateau judged once at the end of the whole
+    cosine (the cpu preset) are different protocols: the setup describes the one the runs' configs logged."""
+    where = synthetic_study(tmp_path, floor_effect=3.0, use=2.0, only="kl_floor")
+    early = " ".join(build(where).split())
+    assert "A run stops once its last 3 measurements improved" in early and "stopped early" in early
+    assert "judged once, at the end" not in early
+    path = where["results"] / "runs.csv"
+    runs = pd.read_csv(path, dtype={"setting": str})
+    runs["train.stop_on_plateau"], runs["train.plateau_test"] = False, "mean"
+    runs.to_csv(path, index=False)
+    md, _ = render_paper(ROOT / "paper" / "paper.md", tmp_path / "at-end", where=where, pdf=False)
+    at_end = " ".join(md.read_text().split())
+    assert ("its plateau is judged once, at the end: the mean of its validation objective over its last 3 "
+            "measurements must improve on the mean over the 3 before by less than 0.01 nats/token") in at_end
+    assert "A run stops once" not in at_end and "stopped early" not in at_end
+
+
 def test_runs_that_fell_back_to_fp32_are_counted_in_the_setup(tmp_path):
     """train.autocast asks for bf16; a machine without fast bf16 trains in fp32. The setup names how many runs did,
     from runs.csv's train.precision, and says nothing where none did (or where it was not recorded)."""
