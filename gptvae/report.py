@@ -504,8 +504,7 @@ def _plateau_rule(runs: pd.DataFrame) -> str:
            "mean": "the mean of their last evaluations improved on the mean of as many before by less than"}
     rule = (how[next(iter(tests))] if len(tests) == 1 else
             f"{how['mean']} (train.plateau_test = mean), else {how['best']}" if tests else how["best"])
-    return (f"runs whose {what}: {rule} {tolerance}; a run that stopped on a rise beyond it is a snapshot and "
-            f"not counted")
+    return f"runs whose {what}: {rule} {tolerance}; a run that failed this test is a snapshot and not counted"
 
 
 def _converged(rows: pd.DataFrame) -> str:
@@ -538,6 +537,11 @@ def setting_label(spec: SweepSpec | None, row) -> str:
         if row.kind == other.kind and _is_setting(pd.Series([row.setting]), other.value).iloc[0]:
             return other.name
     return spec.setting(_grid_value(spec, row))
+
+
+def _seed_list(seeds) -> str:
+    seeds = sorted(seeds)
+    return f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}"
 
 
 def _grid_value(spec: SweepSpec, row):
@@ -846,7 +850,7 @@ class PaperContext:
     def precision_note(self) -> str:
         """Runs that asked for bf16 autocast but trained in fp32 (or partly: resumed on another machine), because
         their machine had no fast bf16: how many, and in which experiment they were trained, for the setup
-        paragraph; "" when none did. Runs exported before the precision was recorded are not counted."""
+        paragraph; "" when none did. Runs exported before the precision was recorded are counted apart."""
         runs = self.all_runs.drop_duplicates("run_id")
         if PRECISION not in runs or "train.autocast" not in runs:
             return ""
@@ -858,8 +862,10 @@ class PaperContext:
         mixed = int((fell_back[PRECISION] == "mixed").sum())
         where += f", {mixed} of them in part" if mixed else ""
         runs_word = "run" if len(fell_back) == 1 else "runs"
+        unrecorded = int((asked & runs[PRECISION].isna()).sum())   # exported before the precision was recorded
+        unknown = f"; {unrecorded} more were exported before the precision was recorded" if unrecorded else ""
         return (f"; {len(fell_back)} {runs_word} trained in fp32 instead ({where}), on a machine without fast bf16 "
-                f"(`{PRECISION}` in runs.csv)")
+                f"(`{PRECISION}` in runs.csv){unknown}")
 
     def span(self, key: str, experiment: str | None = None, *, kind: str | None = "vae") -> str:
         """A logged number that runs may disagree on (e.g. how many sentences each was evaluated on): "9,611"
@@ -1162,16 +1168,22 @@ class PaperContext:
         return rows, recorded.map(lambda p: unrecorded if pd.isna(p) else names.get(str(p), unrecorded))
 
     def precisions(self, experiment: str) -> str:
-        """How an experiment's runs trained, by precision and seed: "bf16 autocast (seed 0), fp32 (seed 1)", with
-        the runs exported before the precision was recorded named as such. A comparison between seeds trained in
-        different precisions mixes the two, and the reader must be able to see it."""
+        """How an experiment's runs trained, by precision, setting and seed: "bf16 autocast: 3 runs, LM baseline
+        (seeds 0, 1, 2); fp32: 9 runs, D = 1, D = 32, D = 64 (seeds 0, 1, 2)", with the runs exported before the
+        precision was recorded named as such. A comparison between runs trained in different precisions mixes the
+        two, and the reader must be able to see which comparisons those are."""
         rows, label = self._precision_labels(experiment)
+        spec = self.specs.get(experiment)
         parts = []
         for name, group in rows.assign(label=label).groupby("label", sort=True):
-            seeds = sorted(int(s) for s in group.seed.unique())
-            runs = f"{len(group)} run{'s' if len(group) != 1 else ''}, seed{'s' if len(seeds) != 1 else ''} " \
-                   f"{', '.join(map(str, seeds))}"
-            parts.append(f"{name}: {runs}")
+            seeds: dict[str, set[int]] = {}
+            for row in group.itertuples():
+                seeds.setdefault(setting_label(spec, row), set()).add(int(row.seed))
+            if len({frozenset(s) for s in seeds.values()}) == 1:   # every setting at the same seeds: name them once
+                settings = f"{', '.join(seeds)} ({_seed_list(next(iter(seeds.values())))})"
+            else:
+                settings = ", ".join(f"{setting} ({_seed_list(s)})" for setting, s in seeds.items())
+            parts.append(f"{name}: {len(group)} run{'s' if len(group) != 1 else ''}, {settings}")
         return "; ".join(parts)
 
     def precision_mix(self, experiment: str) -> str:

@@ -394,7 +394,8 @@ def test_an_ablation_trained_in_two_precisions_says_so_beside_its_comparisons(tm
     runs.to_csv(path, index=False)
     mix = PaperContext(where, tmp_path).precision_mix("ablation-kl-floor")
     assert "Not all of these runs trained in the same precision" in mix, mix
-    assert f"fp32: {len(seed0)} runs, seed 0" in mix and "bf16 autocast:" in mix, mix
+    assert f"fp32: {len(seed0)} runs, λ = 0, " in mix and "LM baseline (seed 0)" in mix, mix   # names the settings
+    assert "bf16 autocast:" in mix and "(seeds 1, 2)" in mix, mix
 
 
 def test_runs_of_an_experiment_no_spec_names_stay_out_of_the_setup(tmp_path):
