@@ -867,6 +867,12 @@ class PaperContext:
         return (f"; {len(fell_back)} {runs_word} trained in fp32 instead ({where}), on a machine without fast bf16 "
                 f"(`{PRECISION}` in runs.csv){unknown}")
 
+    def judged_at_end(self) -> bool:
+        """Whether the study's runs trained the whole schedule and judged their plateau once, at its end
+        (train.stop_on_plateau = false), rather than stopping at the first plateau (the default, and every run
+        exported before the setting existed)."""
+        return self.has_const("train.stop_on_plateau") and not self.const("train.stop_on_plateau")
+
     def span(self, key: str, experiment: str | None = None, *, kind: str | None = "vae") -> str:
         """A logged number that runs may disagree on (e.g. how many sentences each was evaluated on): "9,611"
         where they agree, "1,000 to 9,611" where they do not."""
@@ -1386,7 +1392,7 @@ class PaperContext:
         """What the template may call, by name."""
         names = ("table", "figure", "has_table", "has_figure", "value", "has_value", "const", "has_const", "span",
                  "estimable", "converged", "reached", "settled", "settlings", "max_seeds", "compare", "bound_word",
-                 "looseness", "rate", "masked_gain", "lm_half_width", "setting_const", "precision_note",
+                 "looseness", "rate", "masked_gain", "lm_half_width", "setting_const", "precision_note", "judged_at_end",
                  "change",
                  "against_lm", "spec", "mean", "use", "trend", "convergence", "fp32_check", "k_decade", "has", "count",
                  "seeds", "ablations", "missing", "partial", "entropy", "entropy_gap", "closest", "lift", "collapsed",
